@@ -1,0 +1,78 @@
+"""tapegrad: automatic differentiation on a flat tape, run by Numba sweeps.
+
+Build graphs with an Aesara/PyTensor-style API, differentiate them with
+``grad``/``Lop``/``Rop``/``jacobian``/``hessian``/``hessian_vector_product``,
+compile them with ``function``.  See SPEC.md for the contract.
+"""
+
+from tapegrad.config import config
+from tapegrad.graph import (
+    Apply,
+    Constant,
+    SharedVariable,
+    TensorType,
+    Type,
+    Variable,
+    as_tensor,
+    as_tensor_variable,
+    bscalar,
+    bvector,
+    constant,
+    dmatrix,
+    dscalar,
+    dtensor3,
+    dvector,
+    fmatrix,
+    fscalar,
+    ftensor3,
+    fvector,
+    imatrix,
+    iscalar,
+    itensor3,
+    ivector,
+    lmatrix,
+    lscalar,
+    lvector,
+    matrix,
+    scalar,
+    shared,
+    tensor,
+    tensor3,
+    tensor4,
+    vector,
+)
+from tapegrad.op import Op
+from tapegrad.ops import *  # noqa: F401,F403
+from tapegrad.gradient import (
+    DisconnectedInputError,
+    DisconnectedType,
+    Lop,
+    NullType,
+    NullTypeGradError,
+    Rop,
+    consider_constant,
+    disconnected_grad,
+    disconnected_type,
+    grad,
+    grad_clip,
+    grad_not_implemented,
+    grad_scale,
+    grad_undefined,
+    hessian,
+    hessian_vector_product,
+    jacobian,
+    subgraph_grad,
+    undefined_grad,
+    zero_grad,
+)
+from tapegrad import gradient  # noqa: F401
+
+try:  # TEMPORARY during parallel development: these modules are being written
+    from tapegrad import printing  # noqa: F401
+    from tapegrad.compile.function import Function, function  # noqa: F401
+    from tapegrad.testing import GradientError, numeric_grad, verify_grad  # noqa: F401
+    from tapegrad import linalg  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Engines that run tapes: reference (NumPy), cpu (Numba), cuda (numba.cuda)."""

@@ -1,0 +1,631 @@
+"""Symbolic differentiation with Aesara's semantics.
+
+``grad``/``Lop`` build reverse-mode graphs from each op's ``L_op``; ``Rop``
+builds forward-mode graphs from each op's ``R_op`` (never by transposing a
+Lop).  Whether a gradient is *disconnected* (the cost does not depend on the
+variable) or *null* (undefined / not implemented) is decided here, when the
+graph is built, from the ops' ``connection_pattern``.
+
+Walks are iterative (no recursion), so graphs of unrolled loops with tens of
+thousands of nodes differentiate without hitting Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import reduce
+
+import numpy as np
+
+from tapegrad.config import config
+from tapegrad.graph import Constant, Variable, as_tensor, is_float_dtype, toposort
+from tapegrad.op import (  # noqa: F401  (re-exported)
+    DisconnectedType,
+    NullType,
+    disconnected_type,
+    grad_not_implemented,
+    grad_undefined,
+    is_disconnected,
+    is_null,
+)
+from tapegrad.ops.modifiers import (  # noqa: F401  (re-exported)
+    consider_constant,
+    disconnected_grad,
+    grad_clip,
+    grad_scale,
+    undefined_grad,
+    zero_grad,
+)
+
+__all__ = [
+    "grad", "Lop", "Rop", "jacobian", "hessian", "hessian_vector_product", "subgraph_grad",
+    "verify_grad", "numeric_grad", "GradientError", "DisconnectedType", "NullType", "DisconnectedInputError",
+    "NullTypeGradError", "disconnected_type", "grad_not_implemented", "grad_undefined", "zero_grad",
+    "disconnected_grad", "consider_constant", "grad_clip", "grad_scale", "undefined_grad",
+]
+
+
+class DisconnectedInputError(ValueError):
+    """``grad`` was asked for the gradient w.r.t. a variable the cost does not depend on."""
+
+
+class NullTypeGradError(TypeError):
+    """A gradient passed through an undefined or not-implemented rule."""
+
+
+def __getattr__(name):  # verify_grad & co. live in tapegrad.testing (imported lazily)
+    if name in ("verify_grad", "numeric_grad", "GradientError"):
+        import tapegrad.testing as t
+
+        return getattr(t, name)
+    raise AttributeError(name)
+
+
+def null_type(why="(gradient is undefined)"):
+    return Variable(NullType(why))
+
+
+def _float_zeros_like(x):
+    from tapegrad.ops import zeros_like
+
+    return zeros_like(x, dtype=x.dtype if is_float_dtype(x.dtype) else config.floatX)
+
+
+def _float_ones_like(x):
+    from tapegrad.ops import ones_like
+
+    return ones_like(x, dtype=x.dtype if is_float_dtype(x.dtype) else config.floatX)
+
+
+def _mirror(template, values):
+    if isinstance(template, tuple):
+        return tuple(values)
+    if isinstance(template, list):
+        return list(values)
+    (v,) = values
+    return v
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _check_vars(seq, what):
+    for v in seq:
+        if not isinstance(v, Variable):
+            raise TypeError(f"{what}: expected a Variable, got {v!r} of type {type(v).__name__}")
+
+
+def _pattern(node):
+    pattern = node.op.connection_pattern(node)
+    if len(pattern) != len(node.inputs) or any(len(row) != len(node.outputs) for row in pattern):
+        raise ValueError(f"{node.op}.connection_pattern has the wrong shape")
+    return pattern
+
+
+def _describe(var):
+    name = var.name if var.name is not None else str(var)
+    return f"{name} (type {var.type})"
+
+
+# --------------------------------------------------------------------------- grad
+def _connected_subgraph(outputs, wrt, consider_constant):
+    """Aesara's ``_populate_var_to_app_to_idx``: ``{var: {node: [input positions]}}``.
+
+    Keeps only variables that depend on some element of ``wrt`` and that
+    some output depends on, both through connected (op-declared) edges.
+    """
+    blockers = set(map(id, consider_constant))
+    var_to_app = {}
+    by_id = {}
+    seen = set()
+    stack = list(outputs)
+    while stack:
+        var = stack.pop()
+        if id(var) in seen:
+            continue
+        seen.add(id(var))
+        if isinstance(var, Constant) or var.owner is None or id(var) in blockers:
+            continue
+        node = var.owner
+        pattern = _pattern(node)
+        out_idx = var.index
+        for i, x in enumerate(node.inputs):
+            if not pattern[i][out_idx]:
+                continue
+            by_id[id(x)] = x
+            apps = var_to_app.setdefault(id(x), {})
+            idx = apps.setdefault(node, [])
+            if i not in idx:
+                idx.append(i)
+            stack.append(x)
+
+    visited = set()
+    stack = [w for w in wrt if id(w) in var_to_app]
+    while stack:
+        var = stack.pop()
+        if id(var) in visited or id(var) not in var_to_app:
+            continue
+        visited.add(id(var))
+        for node, idxs in var_to_app[id(var)].items():
+            pattern = _pattern(node)
+            for i in idxs:
+                for j, out in enumerate(node.outputs):
+                    if pattern[i][j]:
+                        stack.append(out)
+    return {k: v for k, v in var_to_app.items() if k in visited}, by_id
+
+
+def grad(
+    cost,
+    wrt,
+    consider_constant=None,
+    disconnected_inputs="raise",
+    add_names=True,
+    known_grads=None,
+    return_disconnected="zero",
+    null_gradients="raise",
+):
+    """Symbolic gradient of ``cost`` with respect to ``wrt`` (reverse mode).
+
+    Parameters
+    ----------
+    cost : Variable or None
+        A 0-d variable; may be None when ``known_grads`` is given.
+    wrt : Variable or list/tuple of Variables
+        The result mirrors this container.
+    consider_constant : list of Variables
+        Gradients do not flow through these.
+    disconnected_inputs : {"raise", "warn", "ignore"}
+        What to do when an element of ``wrt`` does not influence ``cost``.
+    add_names : bool
+        Name results ``(d<cost>/d<wrt>)`` when both are named.
+    known_grads : dict Variable -> Variable
+        Gradients to start from (``d cost / d key``), used as given.
+    return_disconnected : {"zero", "none", "disconnected"}
+        What a disconnected gradient is returned as.
+    null_gradients : {"raise", "return"}
+        Raise ``NullTypeGradError`` on a NullType (undefined) gradient, or return it.
+
+    Returns
+    -------
+    Variable or list/tuple of Variables
+        ``d cost / d wrt[i]``, each with ``wrt[i]``'s dtype (floatX for integer ``wrt``).
+    """
+    if cost is None and not known_grads:
+        raise AssertionError("cost and known_grads can't both be None.")
+    if cost is not None:
+        cost = as_tensor(cost) if not isinstance(cost, Variable) else cost
+        if isinstance(cost.type, NullType):
+            raise ValueError(f"Can't differentiate a NaN cost. cost is NaN because {cost.type.why_null}")
+        if cost.type.ndim != 0:
+            raise TypeError(
+                f"cost must be a scalar (0-d); {_describe(cost)} has {cost.type.ndim} dimension(s). "
+                "Reduce it (e.g. cost.sum()) or use Lop/jacobian."
+            )
+    if disconnected_inputs not in ("ignore", "warn", "raise"):
+        raise ValueError(
+            "Invalid value for keyword 'disconnected_inputs', valid values are 'ignore', 'warn' and 'raise'."
+        )
+    if str(return_disconnected).lower() not in ("zero", "none", "disconnected"):
+        raise ValueError("return_disconnected must be 'zero', 'none' or 'disconnected'")
+    if null_gradients not in ("raise", "return"):
+        raise ValueError("null_gradients must be 'raise' or 'return'")
+
+    wrt_list = _as_list(wrt)
+    _check_vars(wrt_list, "grad: wrt")
+    if consider_constant is None:
+        consider_constant = []
+    else:
+        try:
+            consider_constant = list(consider_constant)
+        except TypeError:
+            raise TypeError(
+                f"consider_constant must be an iterable collection, got {type(consider_constant).__name__}"
+            ) from None
+        for c in consider_constant:
+            if not isinstance(c, Variable):
+                raise TypeError(f"Elements of consider_constant must be variables, but got {type(c).__name__}")
+
+    known_grads = dict(known_grads or {})
+    outputs = ([cost] if cost is not None else []) + list(known_grads)
+    var_to_app, _ = _connected_subgraph(outputs, wrt_list, consider_constant)
+
+    grad_dict = {}
+    if cost is not None:
+        g_cost = known_grads.get(cost)
+        if g_cost is None:
+            g_cost = _float_ones_like(cost)
+        grad_dict[id(cost)] = g_cost
+    for var, g in known_grads.items():
+        if not isinstance(var, Variable):
+            raise TypeError(f"known_grads keys must be Variables, got {type(var).__name__}")
+        if not isinstance(g, Variable):
+            g = as_tensor(np.asarray(g, dtype=var.dtype if is_float_dtype(var.dtype) else config.floatX))
+        if not isinstance(g.type, (NullType, DisconnectedType)):
+            if not is_float_dtype(g.dtype):
+                raise TypeError(
+                    "Gradients must always be NullType, DisconnectedType, or continuous, but grad was "
+                    f"given a known_grad of type {g.type} for {var}"
+                )
+            if g.ndim != var.ndim:
+                raise ValueError(f"known_grads: the gradient of {_describe(var)} has {g.ndim} dimension(s)")
+        grad_dict[id(var)] = g
+
+    warned = set()
+
+    def handle_disconnected(var):
+        if disconnected_inputs == "ignore" or id(var) in warned:
+            return
+        warned.add(id(var))
+        message = (
+            "grad method was asked to compute the gradient with respect to a variable that is not part of "
+            f"the computational graph of the cost, or is used only by a non-differentiable operator: {_describe(var)}"
+        )
+        if disconnected_inputs == "warn":
+            warnings.warn(message, UserWarning, stacklevel=3)
+        else:
+            raise DisconnectedInputError(message)
+
+    for w in wrt_list:
+        if id(w) not in var_to_app and w is not cost and id(w) not in grad_dict:
+            handle_disconnected(w)
+            grad_dict[id(w)] = disconnected_type()
+
+    cost_name = cost.name if (add_names and cost is not None) else None
+    rval = _backprop(var_to_app, grad_dict, wrt_list, outputs, cost_name)
+
+    for i, g in enumerate(rval):
+        if isinstance(g.type, NullType):
+            if null_gradients == "raise":
+                raise NullTypeGradError(f"grad encountered a NaN. {g.type.why_null}")
+        elif isinstance(g.type, DisconnectedType):
+            handle_disconnected(wrt_list[i])
+            mode = str(return_disconnected).lower()
+            if mode == "zero":
+                rval[i] = _float_zeros_like(wrt_list[i])
+            elif mode == "none":
+                rval[i] = None
+        else:
+            w = wrt_list[i]
+            want = w.dtype if is_float_dtype(w.dtype) else config.floatX
+            if g.dtype != want:
+                name = g.name
+                g = g.astype(want)
+                g.name = name
+                rval[i] = g
+    return _mirror(wrt, rval)
+
+
+def _backprop(var_to_app, grad_dict, wrt, outputs, cost_name):
+    """Aesara's ``_populate_grad_dict``, iterative: nodes in reverse topological order."""
+    term_dict = {}
+
+    def grad_of(var):
+        key = id(var)
+        if key in grad_dict:
+            return grad_dict[key]
+        if key not in var_to_app:
+            grad_dict[key] = disconnected_type()
+            return grad_dict[key]
+        null_terms, terms = [], []
+        for node, idxs in var_to_app[key].items():
+            node_terms = terms_of(node)
+            for i in idxs:
+                term = node_terms[i]
+                if isinstance(term.type, NullType):
+                    null_terms.append(term)
+                elif isinstance(term.type, DisconnectedType):
+                    continue
+                else:
+                    if term.ndim != var.ndim:
+                        raise ValueError(
+                            f"{node.op}.L_op returned a term with {term.ndim} dimensions for input {i}, "
+                            f"but {var.ndim} are required"
+                        )
+                    terms.append(term)
+        if null_terms:
+            g = null_terms[0]
+        elif terms:
+            g = reduce(lambda a, b: a + b, terms)
+            if cost_name is not None and var.name is not None:
+                if g.owner is None:
+                    g = _rename_copy(g)  # never rename a variable the user owns
+                g.name = f"(d{cost_name}/d{var.name})"
+        else:
+            g = disconnected_type()
+        grad_dict[key] = g
+        return g
+
+    def terms_of(node):
+        if node in term_dict:
+            return term_dict[node]
+        output_grads = [grad_of(o) for o in node.outputs]
+        pattern = _pattern(node)
+        outputs_connected = [not isinstance(g.type, DisconnectedType) for g in output_grads]
+        ograd_is_nan = [isinstance(g.type, NullType) for g in output_grads]
+        inputs_connected = [any(a and b for a, b in zip(row, outputs_connected)) for row in pattern]
+        only_nan = [
+            not any(a and b and not c for a, b, c in zip(row, outputs_connected, ograd_is_nan)) for row in pattern
+        ]
+        if not any(inputs_connected):
+            input_grads = [disconnected_type() for _ in node.inputs]
+        elif all(only_nan):
+            input_grads = [null_type() if c else disconnected_type() for c in inputs_connected]
+        else:
+            new_output_grads = []
+            for o, og in zip(node.outputs, output_grads):
+                if isinstance(og.type, DisconnectedType):
+                    og = _float_zeros_like(o)  # built-in ops get zeros for unused outputs
+                elif isinstance(og.type, NullType):
+                    og = _float_zeros_like(o)
+                elif is_float_dtype(o.dtype) and og.dtype != o.dtype:
+                    og = og.astype(o.dtype)
+                new_output_grads.append(og)
+            try:
+                input_grads = node.op.L_op(list(node.inputs), list(node.outputs), new_output_grads)
+            except NotImplementedError as e:
+                input_grads = [
+                    grad_not_implemented(node.op, i, x, str(e)) if c else disconnected_type()
+                    for i, (x, c) in enumerate(zip(node.inputs, inputs_connected))
+                ]
+            if input_grads is None:
+                raise TypeError(f"{node.op}.grad returned NoneType, expected iterable.")
+            input_grads = list(input_grads)
+            if len(input_grads) != len(node.inputs):
+                raise ValueError(f"{node.op} returned the wrong number of gradient terms.")
+        for i in range(len(input_grads)):
+            for j, nan in enumerate(ograd_is_nan):
+                if nan and pattern[i][j] and not isinstance(input_grads[i].type, DisconnectedType):
+                    input_grads[i] = output_grads[j]
+        for i, (x, term, connected) in enumerate(zip(node.inputs, input_grads, inputs_connected)):
+            if term is None:
+                raise TypeError(
+                    f"{node.op}.grad returned None for a gradient term, this is prohibited. Instead of None, "
+                    "return zeros_like(input), disconnected_type(), or a NullType variable such as those made "
+                    "with the grad_undefined or grad_not_implemented helper functions."
+                )
+            if not isinstance(term, Variable):
+                term = as_tensor(term)
+                input_grads[i] = term
+            if not isinstance(term.type, (NullType, DisconnectedType)) and not is_float_dtype(term.dtype):
+                raise TypeError(
+                    f"{node.op}.grad illegally returned an integer-valued variable. (Input index {i}, dtype {term.dtype})"
+                )
+            actually = not isinstance(term.type, DisconnectedType)
+            if actually and not connected:
+                if any(pattern[i]):
+                    input_grads[i] = disconnected_type()  # connected input, but the cost ignores those outputs
+                    continue
+                raise TypeError(
+                    f"{node.op}.grad returned {term} of type {term.type} for input {i}. Expected DisconnectedType "
+                    "instance based on the output of the op's connection_pattern method."
+                )
+            if connected and not actually:
+                raise TypeError(
+                    f"{node.op}.grad returned DisconnectedType for input {i}. "
+                    "Its connection_pattern method does not allow this."
+                )
+        term_dict[node] = input_grads
+        return input_grads
+
+    nodes = [n for n in toposort(outputs) if any(id(x) in var_to_app for x in n.inputs)]
+    for node in reversed(nodes):
+        if any(node in var_to_app.get(id(x), {}) for x in node.inputs):
+            terms_of(node)
+    return [grad_of(w) for w in wrt]
+
+
+def _rename_copy(g):
+    """A renamable stand-in for ``g`` (never rename a variable the user owns)."""
+    from tapegrad.ops import identity
+
+    return identity(g)
+
+
+# --------------------------------------------------------------------------- Lop / Rop
+def _check_eval_points(f, points, what):
+    if len(f) != len(points):
+        raise ValueError(
+            f"{what}: {len(f)} variable(s) but {len(points)} eval_point(s); they must match one to one"
+        )
+    out = []
+    for i, (v, p) in enumerate(zip(f, points)):
+        if p is None:
+            out.append(None)
+            continue
+        dtype = v.dtype if is_float_dtype(v.dtype) else config.floatX
+        p = as_tensor(p) if isinstance(p, Variable) else as_tensor(np.asarray(p, dtype=dtype))
+        if isinstance(p.type, (NullType, DisconnectedType)):
+            out.append(p)
+            continue
+        if p.ndim != v.ndim:
+            raise ValueError(
+                f"{what}: element {i}: {_describe(v)} and its eval_point {_describe(p)} have mismatched "
+                f"dimensionalities: {v.ndim} and {p.ndim}"
+            )
+        for axis, (a, b) in enumerate(zip(v.type.shape, p.type.shape)):
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"{what}: element {i}: {_describe(v)} and its eval_point {_describe(p)} have mismatched "
+                    f"static shapes on axis {axis}: {a} and {b}"
+                )
+        if p.dtype != dtype:
+            p = p.astype(dtype)
+        out.append(p)
+    return out
+
+
+def Lop(f, wrt, eval_points, consider_constant=None, disconnected_inputs="raise"):
+    """Vector-Jacobian product ``sum_i eval_points[i] . d f[i] / d wrt``.
+
+    ``f`` and ``eval_points`` are a Variable or matching lists; the result
+    mirrors ``wrt``.
+    """
+    f_list = _as_list(f)
+    _check_vars(f_list, "Lop: f")
+    points = _check_eval_points(f_list, _as_list(eval_points), "Lop")
+    known = {}
+    for v, p in zip(f_list, points):
+        if p is not None:
+            known[v] = p if id(v) not in map(id, known) else known[v] + p
+    if not known:
+        raise ValueError("Lop: every eval_point is None")
+    return grad(
+        None, wrt, consider_constant=consider_constant, known_grads=known, disconnected_inputs=disconnected_inputs
+    )
+
+
+def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero"):
+    """Jacobian-vector product ``sum_j d f / d wrt[j] . eval_points[j]`` by a forward (tangent) pass.
+
+    Built from each op's ``R_op``; the result mirrors ``f``.
+    """
+    f_list = _as_list(f)
+    wrt_list = _as_list(wrt)
+    _check_vars(f_list, "Rop: f")
+    _check_vars(wrt_list, "Rop: wrt")
+    if len(wrt_list) != len(_as_list(eval_points)):
+        raise ValueError(
+            f"Rop: `wrt` must be the same length as `eval_points` ({len(wrt_list)} != {len(_as_list(eval_points))})"
+        )
+    points = _check_eval_points(wrt_list, _as_list(eval_points), "Rop")
+    if disconnected_outputs not in ("ignore", "warn", "raise"):
+        raise ValueError("disconnected_outputs must be 'ignore', 'warn' or 'raise'")
+    tangent = {id(w): p for w, p in zip(wrt_list, points)}
+    for node in toposort(f_list, blockers=wrt_list):
+        ins = [tangent.get(id(x)) for x in node.inputs]
+        if all(u is None for u in ins):
+            continue
+        try:
+            outs = node.op.R_op(list(node.inputs), ins)
+        except NotImplementedError as e:
+            detail = f": {e}" if str(e) else ""
+            raise NotImplementedError(f"R_op of {node.op} is not implemented{detail}") from None
+        if outs is None or len(outs) != len(node.outputs):
+            raise ValueError(f"{node.op}.R_op returned the wrong number of tangents")
+        for o, t in zip(node.outputs, outs):
+            if t is not None and not isinstance(t.type, (DisconnectedType,)):
+                if isinstance(t.type, NullType):
+                    raise NullTypeGradError(f"Rop encountered a NaN. {t.type.why_null}")
+                want = o.dtype if is_float_dtype(o.dtype) else config.floatX
+                if t.dtype != want:
+                    t = t.astype(want)
+                tangent[id(o)] = t
+    rval = []
+    for out in f_list:
+        t = tangent.get(id(out))
+        if t is None:
+            message = (
+                "Rop method was asked to compute the gradient with respect to a variable that is not part of the "
+                f"computational graph of variables in wrt, or is used only by a non-differentiable operator: {_describe(out)}"
+            )
+            if disconnected_outputs == "raise":
+                raise DisconnectedInputError(message)
+            if disconnected_outputs == "warn":
+                warnings.warn(message, UserWarning, stacklevel=2)
+            mode = str(return_disconnected).lower()
+            if mode == "zero":
+                t = _float_zeros_like(out)
+            elif mode == "none":
+                t = None
+            elif mode == "disconnected":
+                t = disconnected_type()
+            else:
+                raise ValueError("return_disconnected must be 'zero', 'none' or 'disconnected'")
+        rval.append(t)
+    return _mirror(f, rval)
+
+
+# --------------------------------------------------------------------------- second order
+def hessian_vector_product(cost, wrt, p, consider_constant=None, disconnected_inputs="raise"):
+    """``H p`` by forward-over-reverse: ``Rop(grad(cost, wrt), wrt, p)``.
+
+    ``wrt`` and ``p`` are a Variable or matching lists; the result mirrors ``wrt``.
+    """
+    wrt_list, p_list = _as_list(wrt), _as_list(p)
+    if len(wrt_list) != len(p_list):
+        raise ValueError(f"hessian_vector_product: {len(wrt_list)} wrt but {len(p_list)} vectors p")
+    g = grad(cost, wrt_list, consider_constant=consider_constant, disconnected_inputs=disconnected_inputs)
+    hv = Rop(g, wrt_list, p_list, disconnected_outputs="ignore", return_disconnected="zero")
+    return _mirror(wrt, hv)
+
+
+def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise"):
+    """Jacobian of ``expression`` w.r.t. ``wrt``: shape ``expression.shape + wrt.shape``.
+
+    For a 0-d expression it is the gradient.  Rows are vector-Jacobian
+    products with the unit vectors, evaluated by one mapped reverse sweep.
+    """
+    from tapegrad.ops.map import map_rows
+
+    expression = as_tensor(expression)
+    wrt_list = _as_list(wrt)
+    _check_vars(wrt_list, "jacobian: wrt")
+    if expression.ndim == 0:
+        g = grad(expression, wrt_list, consider_constant=consider_constant, disconnected_inputs=disconnected_inputs)
+        return _mirror(wrt, g)
+    from tapegrad.ops import concatenate, eye, flatten, reshape, shape
+
+    flat = flatten(expression, 1)
+    n = shape(flat)[0]
+    v = flat.type()  # one cotangent row
+    rows = grad(
+        None, wrt_list, consider_constant=consider_constant, known_grads={flat: v},
+        disconnected_inputs=disconnected_inputs,
+    )
+    basis = eye(n, dtype=flat.dtype if is_float_dtype(flat.dtype) else config.floatX)
+    jacs = map_rows([v], rows, [basis])
+    out = []
+    for w, j in zip(wrt_list, jacs):
+        target = concatenate([shape(expression), shape(w)])
+        out.append(reshape(j, target, ndim=expression.ndim + w.ndim))
+    return _mirror(wrt, out)
+
+
+def hessian(cost, wrt, consider_constant=None, disconnected_inputs="raise"):
+    """Hessian of the 0-d ``cost``: for each ``wrt[i]``, ``jacobian(grad(cost, wrt[i]), wrt[i])``."""
+    cost = as_tensor(cost)
+    if cost.ndim != 0:
+        raise TypeError(f"hessian: cost must be a scalar (0-d); {_describe(cost)} has {cost.ndim} dimension(s)")
+    wrt_list = _as_list(wrt)
+    _check_vars(wrt_list, "hessian: wrt")
+    out = []
+    for w in wrt_list:
+        g = grad(cost, w, consider_constant=consider_constant, disconnected_inputs=disconnected_inputs)
+        out.append(jacobian(g, w, consider_constant=consider_constant, disconnected_inputs="ignore"))
+    return _mirror(wrt, out)
+
+
+# --------------------------------------------------------------------------- subgraph_grad
+def subgraph_grad(wrt, end, start=None, cost=None, details=False):
+    """Aesara's ``subgraph_grad``: gradients on ``wrt`` and ``end`` from ``cost`` and/or ``start``.
+
+    Returns ``(wrt_grads, end_grads)`` (plus the per-source terms when ``details``).
+    """
+    if cost is None and start is None:
+        raise AssertionError("subgraph_grad: give a cost, known gradients in start, or both")
+    if not isinstance(end, list) or not isinstance(wrt, list):
+        raise TypeError("subgraph_grad: wrt and end must be lists of Variables")
+    if start is not None and not isinstance(start, dict):
+        raise TypeError("subgraph_grad: start must be a dict {Variable: gradient}")
+    params = list(set(wrt + end))
+    start_grads = None
+    cost_grads = None
+    if start is not None:
+        start_grads = list(grad(cost=None, wrt=params, known_grads=start, consider_constant=end,
+                                disconnected_inputs="ignore"))
+    if cost is not None:
+        cost_grads = list(grad(cost=cost, wrt=params, consider_constant=end, disconnected_inputs="ignore"))
+    if start_grads is None:
+        grads = cost_grads
+    elif cost_grads is None:
+        grads = start_grads
+    else:
+        grads = [a + b for a, b in zip(start_grads, cost_grads)]
+    pgrads = dict(zip(params, grads))
+    wrt_grads = [pgrads[k] for k in wrt]
+    end_grads = [pgrads[k] for k in end]
+    if details:
+        return wrt_grads, end_grads, start_grads, cost_grads
+    return wrt_grads, end_grads

@@ -1,0 +1,489 @@
+"""Elementwise ops: one table row per op.
+
+A row declares the op's name, stable code, arity, output dtype rule, its value
+as an expression in ``x0, x1, ...`` and its first partials as expressions in
+``x0, x1, ..., y`` (``y`` is the output; ``None`` = passes no gradient).  The
+same expression strings are evaluated three ways:
+
+* over NumPy arrays (``perform``, the reference engine),
+* over symbolic Variables (``L_op`` builds ``sum_like(azmul(g, df_i), x_i)``,
+  ``R_op`` builds ``sum_i azmul(u_i, df_i)``), so the symbolic route needs no
+  hand-written rule per op,
+* as scalar source code (the compiled engines generate their kernels from it).
+
+``azmul(a, b)`` is the absolute-zero multiply ``0 if a == 0 else a * b``: a zero
+cotangent or tangent never turns into NaN through an infinite partial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tapegrad.graph import Constant, as_tensor, is_float_dtype
+from tapegrad.config import config
+from tapegrad.op import Apply, Op, grad_not_implemented, make_output, static_broadcast_shape
+from tapegrad.registry import register
+
+# --------------------------------------------------------------------------- special functions (NumPy)
+try:  # scipy is optional; these are only the reference implementations
+    from scipy import special as _sp
+
+    _erf, _erfc, _gammaln, _psi = _sp.erf, _sp.erfc, _sp.gammaln, _sp.digamma
+
+    def _trigamma(x):
+        return _sp.polygamma(1, x)
+
+except ImportError:  # pragma: no cover - exercised only without scipy
+    _erf = np.vectorize(math.erf, otypes=[float])
+    _erfc = np.vectorize(math.erfc, otypes=[float])
+    _gammaln = np.vectorize(math.lgamma, otypes=[float])
+
+    def _psi_scalar(x):
+        if x <= 0 and x == math.floor(x):
+            return math.nan
+        acc = 0.0
+        if x < 0:  # reflection
+            return _psi_scalar(1 - x) - math.pi / math.tan(math.pi * x)
+        while x < 6:
+            acc -= 1 / x
+            x += 1
+        f = 1 / (x * x)
+        return acc + math.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (1 / 240 - f / 132))))
+
+    def _trigamma_scalar(x):
+        if x <= 0 and x == math.floor(x):
+            return math.inf
+        acc = 0.0
+        while x < 6:
+            acc += 1 / (x * x)
+            x += 1
+        f = 1 / (x * x)
+        return acc + 1 / x + f / 2 + (1 / x) * f * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f / 30)))
+
+    _psi = np.vectorize(_psi_scalar, otypes=[float])
+    _trigamma = np.vectorize(_trigamma_scalar, otypes=[float])
+
+
+def _keep(f):
+    """Wrap a float64-only special function so float32 inputs give float32."""
+
+    def g(x):
+        x = np.asarray(x)
+        return np.asarray(f(x), dtype=x.dtype if x.dtype.kind == "f" else "float64")
+
+    g.__name__ = getattr(f, "__name__", "special")
+    return g
+
+
+def _azmul(a, b):
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.multiply(a, b)
+    return np.where(np.asarray(a) == 0, np.zeros((), dtype=out.dtype), out)
+
+
+def _sigmoid(x):
+    with np.errstate(over="ignore"):
+        return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+def _softplus(x):
+    with np.errstate(over="ignore"):
+        return np.where(x > 30, x, np.log1p(np.exp(np.minimum(x, 30))))
+
+
+NUMPY_NAMESPACE = {
+    "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1, "log": np.log, "log2": np.log2, "log10": np.log10,
+    "log1p": np.log1p, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tan": np.tan, "arcsin": np.arcsin,
+    "arccos": np.arccos, "arctan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+    "arcsinh": np.arcsinh, "arccosh": np.arccosh, "arctanh": np.arctanh, "abs": np.abs, "sign": np.sign,
+    "floor": np.floor, "ceil": np.ceil, "round": np.round, "sigmoid": _sigmoid, "softplus": _softplus,
+    "erf": _keep(_erf), "erfc": _keep(_erfc), "gammaln": _keep(_gammaln), "psi": _keep(_psi),
+    "trigamma": _keep(_trigamma), "where": np.where, "maximum": np.maximum, "minimum": np.minimum,
+    "arctan2": np.arctan2, "hypot": np.hypot, "floor_divide": np.floor_divide, "mod": np.mod,
+    "azmul": _azmul, "logical_and": np.logical_and, "logical_or": np.logical_or,
+    "logical_not": np.logical_not, "power": np.power, "square": np.square, "reciprocal": np.reciprocal,
+    "LN2": math.log(2.0), "LN10": math.log(10.0), "PI": math.pi, "SQRT_PI": math.sqrt(math.pi),
+}
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class ScalarSpec:
+    """One elementwise op.
+
+    ``out`` is the output dtype rule: ``"same"`` (NumPy promotion of the
+    inputs), ``"float"`` (promotion, integers become float64), ``"bool"``.
+    ``domain`` is ``(low, high)`` of the test inputs, per input.
+    """
+
+    name: str
+    code: int
+    nin: int
+    expr: str
+    partials: tuple
+    out: str = "float"
+    domain: tuple = ((-2.0, 2.0),)
+    doc: str = ""
+
+    @property
+    def differentiable(self):
+        return self.out != "bool" and any(p is not None for p in self.partials)
+
+
+_ANY = (-3.0, 3.0)
+_POS = (0.2, 3.0)
+_UNIT = (-0.9, 0.9)
+
+ELEMWISE = [
+    # name        code nin value                      partials (x0, x1.., y)                             out     domain
+    ScalarSpec("neg", 1, 1, "-x0", ("-1",), "same", (_ANY,)),
+    ScalarSpec("abs", 2, 1, "abs(x0)", ("sign(x0)",), "same", (_ANY,), "abs'(0) = 0"),
+    ScalarSpec("sign", 3, 1, "sign(x0)", (None,), "same", (_ANY,)),
+    ScalarSpec("exp", 4, 1, "exp(x0)", ("y",), "float", (_ANY,)),
+    ScalarSpec("exp2", 5, 1, "exp2(x0)", ("y * LN2",), "float", (_ANY,)),
+    ScalarSpec("expm1", 6, 1, "expm1(x0)", ("y + 1",), "float", (_ANY,)),
+    ScalarSpec("log", 7, 1, "log(x0)", ("1 / x0",), "float", (_POS,)),
+    ScalarSpec("log2", 8, 1, "log2(x0)", ("1 / (x0 * LN2)",), "float", (_POS,)),
+    ScalarSpec("log10", 9, 1, "log10(x0)", ("1 / (x0 * LN10)",), "float", (_POS,)),
+    ScalarSpec("log1p", 10, 1, "log1p(x0)", ("1 / (1 + x0)",), "float", ((-0.8, 3.0),)),
+    ScalarSpec("sqrt", 11, 1, "sqrt(x0)", ("0.5 / y",), "float", (_POS,), "sqrt'(0) = inf"),
+    ScalarSpec("sqr", 12, 1, "x0 * x0", ("2 * x0",), "same", (_ANY,)),
+    ScalarSpec("reciprocal", 13, 1, "1 / x0", ("-(y * y)",), "float", (_POS,)),
+    ScalarSpec("sin", 14, 1, "sin(x0)", ("cos(x0)",), "float", (_ANY,)),
+    ScalarSpec("cos", 15, 1, "cos(x0)", ("-sin(x0)",), "float", (_ANY,)),
+    ScalarSpec("tan", 16, 1, "tan(x0)", ("1 + y * y",), "float", ((-1.2, 1.2),)),
+    ScalarSpec("arcsin", 17, 1, "arcsin(x0)", ("1 / sqrt(1 - x0 * x0)",), "float", (_UNIT,)),
+    ScalarSpec("arccos", 18, 1, "arccos(x0)", ("-1 / sqrt(1 - x0 * x0)",), "float", (_UNIT,)),
+    ScalarSpec("arctan", 19, 1, "arctan(x0)", ("1 / (1 + x0 * x0)",), "float", (_ANY,)),
+    ScalarSpec("sinh", 20, 1, "sinh(x0)", ("cosh(x0)",), "float", (_ANY,)),
+    ScalarSpec("cosh", 21, 1, "cosh(x0)", ("sinh(x0)",), "float", (_ANY,)),
+    ScalarSpec("tanh", 22, 1, "tanh(x0)", ("1 - y * y",), "float", (_ANY,)),
+    ScalarSpec("arcsinh", 23, 1, "arcsinh(x0)", ("1 / sqrt(x0 * x0 + 1)",), "float", (_ANY,)),
+    ScalarSpec("arccosh", 24, 1, "arccosh(x0)", ("1 / sqrt(x0 * x0 - 1)",), "float", ((1.2, 4.0),)),
+    ScalarSpec("arctanh", 25, 1, "arctanh(x0)", ("1 / (1 - x0 * x0)",), "float", (_UNIT,)),
+    ScalarSpec("sigmoid", 26, 1, "sigmoid(x0)", ("y * (1 - y)",), "float", (_ANY,)),
+    ScalarSpec("softplus", 27, 1, "softplus(x0)", ("sigmoid(x0)",), "float", (_ANY,)),
+    ScalarSpec("erf", 28, 1, "erf(x0)", ("(2 / SQRT_PI) * exp(-(x0 * x0))",), "float", (_ANY,)),
+    ScalarSpec("erfc", 29, 1, "erfc(x0)", ("(-2 / SQRT_PI) * exp(-(x0 * x0))",), "float", (_ANY,)),
+    ScalarSpec("gammaln", 30, 1, "gammaln(x0)", ("psi(x0)",), "float", (_POS,)),
+    ScalarSpec("psi", 31, 1, "psi(x0)", ("trigamma(x0)",), "float", (_POS,), "digamma"),
+    ScalarSpec("trigamma", 32, 1, "trigamma(x0)", ("NotImplemented",), "float", (_POS,)),
+    ScalarSpec("floor", 33, 1, "floor(x0)", (None,), "same", (_ANY,)),
+    ScalarSpec("ceil", 34, 1, "ceil(x0)", (None,), "same", (_ANY,)),
+    ScalarSpec("round", 35, 1, "round(x0)", (None,), "same", (_ANY,), "half to even, as NumPy"),
+    ScalarSpec("logical_not", 36, 1, "logical_not(x0)", (None,), "bool", (_ANY,)),
+    ScalarSpec("identity", 37, 1, "x0 + 0", ("1",), "same", (_ANY,)),
+    # binary
+    ScalarSpec("add", 50, 2, "x0 + x1", ("1", "1"), "same", (_ANY, _ANY)),
+    ScalarSpec("sub", 51, 2, "x0 - x1", ("1", "-1"), "same", (_ANY, _ANY)),
+    ScalarSpec("mul", 52, 2, "x0 * x1", ("x1", "x0"), "same", (_ANY, _ANY)),
+    ScalarSpec("true_div", 53, 2, "x0 / x1", ("1 / x1", "-(y / x1)"), "float", (_ANY, _POS)),
+    ScalarSpec("int_div", 54, 2, "floor_divide(x0, x1)", (None, None), "same", (_ANY, _POS)),
+    ScalarSpec("mod", 55, 2, "mod(x0, x1)", ("1", "-floor_divide(x0, x1)"), "same", (_ANY, _POS)),
+    ScalarSpec("pow", 56, 2, "power(x0, x1)", ("x1 * power(x0, x1 - 1)", "log(x0) * y"), "same", (_POS, _ANY)),
+    ScalarSpec("maximum", 57, 2, "maximum(x0, x1)", ("x0 >= x1", "x0 < x1"), "same", (_ANY, _ANY), "ties go to a"),
+    ScalarSpec("minimum", 58, 2, "minimum(x0, x1)", ("x0 <= x1", "x0 > x1"), "same", (_ANY, _ANY), "ties go to a"),
+    ScalarSpec("arctan2", 59, 2, "arctan2(x0, x1)", ("x1 / (x0 * x0 + x1 * x1)", "-x0 / (x0 * x0 + x1 * x1)"),
+               "float", (_ANY, _POS)),
+    ScalarSpec("hypot", 60, 2, "hypot(x0, x1)", ("x0 / y", "x1 / y"), "float", (_ANY, _ANY)),
+    ScalarSpec("azmul", 61, 2, "azmul(x0, x1)", ("x1", "x0"), "same", (_ANY, _ANY),
+               "absolute-zero multiply: 0 * inf = 0"),
+    ScalarSpec("eq", 62, 2, "x0 == x1", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("neq", 63, 2, "x0 != x1", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("lt", 64, 2, "x0 < x1", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("le", 65, 2, "x0 <= x1", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("gt", 66, 2, "x0 > x1", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("ge", 67, 2, "x0 >= x1", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("logical_and", 68, 2, "logical_and(x0, x1)", (None, None), "bool", (_ANY, _ANY)),
+    ScalarSpec("logical_or", 69, 2, "logical_or(x0, x1)", (None, None), "bool", (_ANY, _ANY)),
+    # ternary
+    ScalarSpec("switch", 80, 3, "where(x0, x1, x2)", (None, "x0", "logical_not(x0)"), "same", (_ANY, _ANY, _ANY),
+               "the branch not taken gets an exact zero"),
+    ScalarSpec("clip", 81, 3, "minimum(maximum(x0, x1), x2)",
+               ("logical_and(x0 >= x1, x0 <= x2)", "x0 < x1", "x0 > x2"), "same", (_ANY, (-1.0, -0.5), (0.5, 1.0))),
+]
+SPECS = {s.name: s for s in ELEMWISE}
+for _s in ELEMWISE:
+    register(_s.name.upper(), _s.code, _s)
+
+
+def _compile_numpy(spec):
+    args = ", ".join(f"x{i}" for i in range(spec.nin))
+    return eval(f"lambda {args}: {spec.expr}", dict(NUMPY_NAMESPACE))  # noqa: S307 - our own table
+
+
+_IMPLS = {s.name: _compile_numpy(s) for s in ELEMWISE}
+
+
+# --------------------------------------------------------------------------- dtype promotion
+def _promote_key(v):
+    if isinstance(v, Constant) and v.weak is not None:
+        return v.weak  # Python scalars are weak (NEP 50)
+    return np.dtype(v.dtype)
+
+
+def upcast(*variables):
+    """NumPy 2 result dtype of ``variables`` (Python-scalar constants do not upcast)."""
+    keys = [_promote_key(v) for v in variables]
+    if all(not isinstance(k, np.dtype) for k in keys):
+        keys = [np.asarray(k).dtype for k in keys]
+    dt = np.result_type(*keys).name
+    if dt == "float16":
+        dt = "float32"
+    return dt
+
+
+def float_dtype(dtype):
+    """``dtype`` if float, else float64 (as NumPy's float functions of ints)."""
+    return dtype if is_float_dtype(dtype) else "float64"
+
+
+# --------------------------------------------------------------------------- the op
+class Elemwise(Op):
+    """An elementwise op given by a :class:`ScalarSpec` row, with NumPy broadcasting."""
+
+    __props__ = ("name",)
+    kind = "elementwise"
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.name = spec.name
+        self.code = spec.name.upper()
+
+    def __str__(self):
+        return self.name
+
+    def __reduce__(self):
+        return (_elemwise_by_name, (self.name,))
+
+    def make_node(self, *inputs):
+        spec = self.spec
+        if len(inputs) != spec.nin:
+            raise TypeError(f"{spec.name} takes {spec.nin} input(s), got {len(inputs)}")
+        inputs = [as_tensor(x) for x in inputs]
+        if spec.name == "switch":
+            dtype = upcast(inputs[1], inputs[2])
+        elif spec.name == "clip":
+            dtype = upcast(*inputs)
+        else:
+            dtype = upcast(*inputs)
+        if spec.out == "bool":
+            dtype = "bool"
+        elif spec.out == "float":
+            dtype = float_dtype(dtype)
+        elif dtype == "bool" and spec.name not in ("switch", "identity"):
+            dtype = "int64" if spec.name != "abs" else "bool"
+        shape = static_broadcast_shape([x.type.shape for x in inputs], spec.name)
+        return Apply(self, inputs, [make_output(dtype, shape)])
+
+    def perform(self, node, inputs, output_storage):
+        out_type = node.outputs[0].type
+        try:
+            with np.errstate(all="ignore"):
+                y = _IMPLS[self.name](*inputs)
+        except ValueError as e:
+            if "broadcast" in str(e):
+                shapes = " and ".join(str(np.shape(x)) for x in inputs)
+                names = ", ".join(str(x) for x in node.inputs)
+                raise ValueError(f"{self.name}: shapes {shapes} of ({names}) cannot be broadcast together") from None
+            raise
+        y = np.asarray(y, dtype=out_type.dtype)
+        if y.ndim != out_type.ndim:
+            y = y.reshape(y.shape)
+        output_storage[0][0] = y
+
+    def infer_shape(self, node, input_shapes):
+        return [tuple(np.broadcast_shapes(*input_shapes))]
+
+    # -- derivatives from the table
+    def _partial(self, i, inputs, output):
+        ns = _symbolic_namespace()
+        ns.update({f"x{k}": x for k, x in enumerate(inputs)})
+        ns["y"] = output
+        return eval(self.spec.partials[i], ns)  # noqa: S307 - our own table
+
+    def L_op(self, inputs, outputs, output_grads):
+        from tapegrad.ops import azmul, neg, zeros_like
+        from tapegrad.ops.broadcast import sum_like
+
+        (gz,) = output_grads
+        (y,) = outputs
+        grads = []
+        for i, x in enumerate(inputs):
+            gdtype = x.dtype if is_float_dtype(x.dtype) else config.floatX
+            p = self.spec.partials[i]
+            if p is None or not is_float_dtype(y.dtype):
+                grads.append(zeros_like(x, dtype=gdtype))
+                continue
+            if p == "NotImplemented":
+                grads.append(grad_not_implemented(self, i, x, "(the next derivative is not in the table)"))
+                continue
+            if p == "1":
+                g = gz
+            elif p == "-1":
+                g = neg(gz)
+            else:
+                g = azmul(gz, self._partial(i, inputs, y))
+            if not _same_static_shape(x, y):
+                g = sum_like(g, x)
+            if g.dtype != gdtype:
+                g = g.astype(gdtype)
+            grads.append(g)
+        return grads
+
+    def R_op(self, inputs, eval_points):
+        from tapegrad.ops import neg, zeros_like
+        from tapegrad.ops.broadcast import broadcast_like
+
+        y = self(*inputs)
+        out_dtype = y.dtype if is_float_dtype(y.dtype) else config.floatX
+        if not is_float_dtype(y.dtype):
+            return [zeros_like(y, dtype=out_dtype)]
+        terms = []
+        for i, u in enumerate(eval_points):
+            p = self.spec.partials[i]
+            if u is None or p is None:
+                continue
+            if p == "NotImplemented":
+                raise NotImplementedError(f"R_op of {self.name} for input {i} is not implemented")
+            if p == "1":
+                terms.append(u)
+            elif p == "-1":
+                terms.append(neg(u))
+            else:
+                terms.append(azmul(u, self._partial(i, inputs, y)))
+        if not terms:
+            return [zeros_like(y, dtype=out_dtype)]
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        if not _same_static_shape(total, y):
+            total = broadcast_like(total, y)
+        if total.dtype != out_dtype:
+            total = total.astype(out_dtype)
+        return [total]
+
+
+def _same_static_shape(a, b):
+    """True when ``a`` and ``b`` certainly have the same run-time shape."""
+    sa, sb = a.type.shape, b.type.shape
+    if len(sa) != len(sb):
+        return False
+    return all(x is not None and x == y for x, y in zip(sa, sb)) or a is b
+
+
+_BY_NAME = {s.name: Elemwise(s) for s in ELEMWISE}
+
+
+def _elemwise_by_name(name):
+    return _BY_NAME[name]
+
+
+_SYMBOLIC = None
+
+
+def _symbolic_namespace():
+    """Names used in partial expressions, bound to symbolic ops."""
+    global _SYMBOLIC
+    if _SYMBOLIC is None:
+        ns = {k: v for k, v in NUMPY_NAMESPACE.items() if isinstance(v, float)}
+        for name in ("exp", "log", "sqrt", "sin", "cos", "sinh", "cosh", "sign", "sigmoid", "psi", "trigamma",
+                     "floor_divide", "azmul", "logical_and", "logical_not", "power"):
+            ns[name] = _fn(_BY_NAME[_ALIASES.get(name, name)])
+        _SYMBOLIC = ns
+    return dict(_SYMBOLIC)
+
+
+_ALIASES = {"floor_divide": "int_div", "power": "pow"}
+
+
+def _fn(op):
+    def call(*args):
+        return op(*args)
+
+    call.__name__ = op.name
+    return call
+
+
+def _make_public(spec):
+    op = _BY_NAME[spec.name]
+    args = ", ".join(f"x{i}" for i in range(spec.nin)) or ""
+
+    def f(*xs):
+        return op(*xs)
+
+    f.__name__ = spec.name
+    f.__qualname__ = spec.name
+    f.__doc__ = (
+        f"Elementwise ``{spec.expr}`` of ({args}) with NumPy broadcasting.\n\n"
+        f"Partials: {', '.join(str(p) for p in spec.partials)}. {spec.doc}"
+    )
+    return f
+
+
+_PUBLIC = {s.name: _make_public(s) for s in ELEMWISE}
+globals().update(_PUBLIC)
+azmul = _PUBLIC["azmul"]
+where = _PUBLIC["switch"]
+true_divide = _PUBLIC["true_div"]
+floor_div = _PUBLIC["int_div"]
+power = _PUBLIC["pow"]
+digamma = _PUBLIC["psi"]
+square = _PUBLIC["sqr"]
+invert = _PUBLIC["logical_not"]
+
+
+# --------------------------------------------------------------------------- cast
+class Cast(Op):
+    """``x.astype(dtype)``.  Casting to an integer dtype passes no gradient."""
+
+    __props__ = ("dtype",)
+    kind = "elementwise"
+    code = "CAST"
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype).name
+
+    def make_node(self, x):
+        x = as_tensor(x)
+        return Apply(self, [x], [make_output(self.dtype, x.type.shape)])
+
+    def perform(self, node, inputs, output_storage):
+        output_storage[0][0] = np.asarray(inputs[0]).astype(self.dtype)
+
+    def infer_shape(self, node, input_shapes):
+        return [input_shapes[0]]
+
+    def L_op(self, inputs, outputs, output_grads):
+        from tapegrad.ops import zeros_like
+
+        (x,) = inputs
+        gdtype = x.dtype if is_float_dtype(x.dtype) else config.floatX
+        if not is_float_dtype(self.dtype):
+            return [zeros_like(x, dtype=gdtype)]
+        return [cast(output_grads[0], gdtype)]
+
+    def R_op(self, inputs, eval_points):
+        from tapegrad.ops import zeros_like
+
+        (x,), (u,) = inputs, eval_points
+        if not is_float_dtype(self.dtype):
+            return [zeros_like(self(x), dtype=config.floatX)]
+        if u is None:
+            return [None]
+        return [cast(u, self.dtype)]
+
+
+register("CAST", 90, Cast)
+
+
+def cast(x, dtype):
+    """``x`` converted to ``dtype`` (a no-op when it already has it)."""
+    x = as_tensor(x)
+    dtype = np.dtype(dtype).name
+    if x.dtype == dtype:
+        return x
+    return Cast(dtype)(x)
