@@ -23,6 +23,8 @@ User ops (SPEC section 5) only need ``make_node`` and ``perform``.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from tapegrad.graph import Apply, TensorType, Type, Variable, as_tensor  # noqa: F401  (re-exported)
@@ -123,13 +125,13 @@ def _encode_value(v, ints, floats):
     elif isinstance(v, str):
         from tapegrad.registry import DTYPE_CODES
 
-        ints.append(DTYPE_CODES.get(v, hash(v) & 0xFFFF))
+        ints.append(DTYPE_CODES[v] if v in DTYPE_CODES else zlib.crc32(v.encode()))
     elif isinstance(v, (tuple, list)):
         ints.append(len(v))
         for e in v:
             _encode_value(e, ints, floats)
     else:
-        ints.append(hash(v) & 0xFFFFFFFF)
+        ints.append(zlib.crc32(repr(v).encode()))
 
 
 def make_output(dtype, shape, name=None):
