@@ -648,7 +648,7 @@ def toposort(outputs, blockers=()):
 def clone_replace(outputs, replace):
     """Rebuild ``outputs`` with the variables in ``replace`` (dict old -> new) substituted."""
     memo = {id(k): as_tensor(v) for k, v in replace.items()}
-    for node in toposort(outputs):
+    for node in toposort(outputs, blockers=list(replace)):
         new_inputs = [memo.get(id(x), x) for x in node.inputs]
         if all(a is b for a, b in zip(new_inputs, node.inputs)):
             continue

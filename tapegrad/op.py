@@ -176,7 +176,7 @@ def normalize_axis(axis, ndim, opname="op"):
     out = []
     for a in axis:
         a = int(a)
-        if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+        if (ndim == 0 and a not in (0, -1)) or (ndim > 0 and not -ndim <= a < ndim):
             raise ValueError(f"{opname}: axis {a} is out of bounds for an array of {ndim} dimension(s)")
         out.append(a % ndim if ndim else 0)
     if len(set(out)) != len(out):
