@@ -1,0 +1,285 @@
+"""``tg.function``: compile a graph into a callable :class:`Function` (SPEC section 3)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+
+import numpy as np
+
+from tapegrad.config import config
+from tapegrad.graph import TensorType, Variable, ancestors, as_tensor, clone_replace
+from tapegrad.tape.build import build_tape, check_computable, normalize_updates
+
+_MISSING = object()
+DEVICES = ("python", "cpu", "cuda")
+TIERS = (None, "interp", "fused")
+_ENGINES = {"cpu": ("tapegrad.compile.cpu", "CPUEngine"), "cuda": ("tapegrad.compile.cuda", "CUDAEngine")}
+
+
+def _label(v):
+    return v.name if v.name is not None else repr(v)
+
+
+def _engine_class(device):
+    if device == "python":
+        from tapegrad.compile.reference import ReferenceEngine
+
+        return ReferenceEngine
+    if device not in _ENGINES:
+        raise ValueError(f"unknown device {device!r}; valid devices are {', '.join(map(repr, DEVICES))}")
+    module, cls = _ENGINES[device]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise RuntimeError(
+            f"device={device!r} needs the {module} engine, which is not available ({e}); "
+            "use device='python' for the NumPy reference engine"
+        ) from e
+    try:
+        return getattr(mod, cls)
+    except AttributeError:
+        raise RuntimeError(f"device={device!r}: {module} does not define {cls}") from None
+
+
+def _make_engine(cls, tape, **options):
+    """``cls(tape, **options)``, passing only the options its constructor accepts."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    accepts_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in options.items() if v is not None and (accepts_all or k in params)}
+    return cls(tape, **kwargs)
+
+
+def _as_list(outputs):
+    if isinstance(outputs, (list, tuple)):
+        return list(outputs), False
+    return [outputs], True
+
+
+def _normalize_givens(givens):
+    if givens is None:
+        return {}
+    pairs = list(givens.items()) if isinstance(givens, dict) else list(givens)
+    out = {}
+    for old, new in pairs:
+        if not isinstance(old, Variable):
+            raise TypeError(f"givens keys must be Variables, got {old!r}")
+        new = as_tensor(new)
+        if isinstance(old.type, TensorType) and (new.dtype != old.dtype or new.ndim != old.ndim):
+            raise TypeError(
+                f"givens: {_label(old)} ({old.type}) cannot be replaced by {_label(new)} ({new.type}); "
+                "dtype and ndim must match"
+            )
+        out[old] = new
+    return out
+
+
+class Function:
+    """A compiled graph: call it with one value per input.
+
+    Attributes
+    ----------
+    inputs, outputs : list of Variable
+    tape : Tape
+        The flattened program (``print(f.tape)``).
+    name, device : str
+    """
+
+    def __init__(self, inputs, outputs, tape, single, device, name=None, tier=None, nan_guard=None):
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.tape = tape
+        self.single = single
+        self.device = device
+        self.name = name
+        self.tier = tier
+        self.nan_guard = nan_guard
+        self._input_types = [x.type for x in self.inputs]
+        self._input_names = [_label(x) for x in self.inputs]
+        self._engine = _make_engine(_engine_class(device), tape, nan_guard=nan_guard, tier=tier)
+
+    # -- calling
+    def _filter_args(self, args, kwargs):
+        n = len(self._input_types)
+        if kwargs:
+            if len(args) > n:
+                raise TypeError(self._count_message(len(args) + len(kwargs)))
+            filled = list(args) + [_MISSING] * (n - len(args))
+            for key, value in kwargs.items():
+                if key not in self._input_names:
+                    raise TypeError(f"{self._what()} got an unexpected keyword argument {key!r}")
+                i = self._input_names.index(key)
+                if filled[i] is not _MISSING:
+                    raise TypeError(f"{self._what()} got multiple values for input {key!r}")
+                filled[i] = value
+            missing = [self._input_names[i] for i, a in enumerate(filled) if a is _MISSING]
+            if missing:
+                raise TypeError(f"{self._what()} is missing a value for input(s) {', '.join(missing)}")
+            args = filled
+        if len(args) != n:
+            raise TypeError(self._count_message(len(args)))
+        out = []
+        for i, (value, typ, name) in enumerate(zip(args, self._input_types, self._input_names)):
+            if self.device == "cuda" and hasattr(value, "__cuda_array_interface__"):
+                out.append(_check_device_array(value, typ, f"input {i} ({name})"))
+            else:
+                out.append(typ.filter(value, name=f"input {i} ({name})"))
+        return out
+
+    def _count_message(self, got):
+        names = ", ".join(self._input_names) or "none"
+        return f"{self._what()} expects {len(self._input_names)} input(s) ({names}), got {got}"
+
+    def _what(self):
+        return f"function {self.name!r}" if self.name else "the function"
+
+    def __call__(self, *args, return_device=False, **kwargs):
+        values = self._filter_args(args, kwargs)
+        shared = [sv.get_value(borrow=True) for sv in self.tape.shared]
+        if return_device and self.device == "cuda":
+            outputs, updates = self._engine.run(values, shared, return_device=True)
+        else:
+            outputs, updates = self._engine.run(values, shared)
+        if len(updates):
+            # everything was read and computed: now write, all or nothing
+            targets = [self.tape.shared[t] for t in self.tape.update_targets]
+            checked = [sv.type.filter(v, name=f"update of {_label(sv)}") for sv, v in zip(targets, updates)]
+            for sv, v in zip(targets, checked):
+                sv.set_value(v, borrow=True)
+        outputs = list(outputs)
+        return outputs[0] if self.single else outputs
+
+    # -- inspection
+    def __repr__(self):
+        ins = ", ".join(self._input_names)
+        outs = ", ".join(_label(o) for o in self.outputs)
+        name = f" {self.name!r}" if self.name else ""
+        return f"<Function{name} ({ins}) -> ({outs}) on {self.device!r}: {len(self.tape)} instructions>"
+
+    # -- pickling: the tape and light stand-ins for the graph ends
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items() if k != "_engine"}
+        state["inputs"] = [_standin(x) for x in self.inputs]
+        state["outputs"] = [_standin(o) for o in self.outputs]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._engine = _make_engine(_engine_class(self.device), self.tape, nan_guard=self.nan_guard, tier=self.tier)
+
+
+def _standin(v):
+    """``v`` itself when it is a graph leaf, else a fresh leaf of the same type and name."""
+    if v.owner is None:
+        return v
+    return Variable(v.type, name=v.name)
+
+
+def _check_device_array(value, typ, name):
+    dtype, shape = np.dtype(value.dtype), tuple(value.shape)
+    if dtype.name != typ.dtype:
+        raise TypeError(f"{name}: expected dtype {typ.dtype}, got a device array of {dtype.name}")
+    if len(shape) != typ.ndim:
+        raise TypeError(f"{name}: expected {typ.ndim} dimension(s), got a device array of shape {shape}")
+    for axis, (s, t) in enumerate(zip(typ.shape, shape)):
+        if s is not None and s != t:
+            raise ValueError(f"{name}: static length {s} on axis {axis}, got a device array of shape {shape}")
+    return value
+
+
+def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_input="raise", name=None,
+             tier=None, nan_guard=None):
+    """Compile ``outputs`` as a function of ``inputs``.
+
+    Parameters
+    ----------
+    inputs : list of Variable
+        Arguments in call order.
+    outputs : Variable or list/tuple of Variable
+        A single Variable gives one array per call, a list gives a list.
+    updates : list of (SharedVariable, Variable) pairs, or dict
+        New values of shared variables, applied after the outputs are
+        computed (all read before any is written).
+    givens : dict or pairs
+        Variables replaced (by Variables or values) before compiling.
+    device : {"python", "cpu", "cuda"} or None
+        None means ``tg.config.device``.
+    on_unused_input : {"raise", "warn", "ignore"}
+        What to do when an input does not affect any output or update.
+    name : str, optional
+    tier : {None, "interp", "fused"}
+        Execution tier hint for the compiled engines.
+    nan_guard : bool, optional
+        Raise when an instruction turns finite values into NaN/inf
+        (default ``tg.config.nan_guard``).
+
+    Returns
+    -------
+    Function
+    """
+    device = config.device if device is None else device
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid devices are {', '.join(map(repr, DEVICES))}")
+    if on_unused_input not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_unused_input must be 'raise', 'warn' or 'ignore', got {on_unused_input!r}")
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+    if nan_guard is None:
+        nan_guard = config.nan_guard
+    if isinstance(inputs, Variable):
+        raise TypeError("inputs must be a list of Variables (wrap a single input in a list)")
+    inputs = list(inputs)
+    outs, single = _as_list(outputs)
+    outs = [o if isinstance(o, Variable) else as_tensor(o) for o in outs]
+    upd = normalize_updates(updates)
+    given = _normalize_givens(givens)
+    if given:
+        exprs = clone_replace(outs + [e for _, e in upd], given)
+        outs, upd = exprs[: len(outs)], [(t, e) for (t, _), e in zip(upd, exprs[len(outs) :])]
+    for i, o in enumerate(outs):
+        check_computable(o, f"output {i}")
+    tape = build_tape(inputs, outs, upd)
+    _check_unused(inputs, outs + [e for _, e in upd], on_unused_input)
+    return Function(inputs, outs, tape, single, device, name=name, tier=tier, nan_guard=nan_guard)
+
+
+def _check_unused(inputs, roots, policy):
+    if policy == "ignore" or not inputs:
+        return
+    used = {id(v) for v in ancestors(roots, blockers=inputs)}
+    for i, x in enumerate(inputs):
+        if isinstance(x, Variable) and id(x) not in used:
+            msg = (
+                f"input {i} ({_label(x)}) is not used to compute any output or update; "
+                "pass on_unused_input='warn' or 'ignore' to allow this"
+            )
+            if policy == "raise":
+                raise ValueError(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- Variable.eval
+def eval_variable(var, givens=None):
+    """Value of ``var`` with ``givens`` (dict Variable -> value); compiled functions are cached."""
+    givens = dict(givens or {})
+    keys = list(givens)
+    for k in keys:
+        if not isinstance(k, Variable):
+            raise TypeError(f"eval: givens keys must be Variables, got {k!r}")
+    device = config.device
+    cache_key = (device, config.nan_guard, tuple(id(k) for k in keys))
+    per_var = var.tag.setdefault("eval_cache", {})  # lives and dies with the variable
+    hit = per_var.get(cache_key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], keys)):
+        fn = hit[1]
+    else:
+        fn = function(keys, var, device=device, on_unused_input="ignore")
+        per_var[cache_key] = (tuple(keys), fn)
+    return fn(*[givens[k] for k in keys])
+
+
+__all__ = ["Function", "function", "eval_variable", "DEVICES"]
