@@ -11,3 +11,4 @@ from tapegrad.ops.linalg import *  # noqa: F401,F403
 from tapegrad.ops.nn import *  # noqa: F401,F403
 from tapegrad.ops.modifiers import *  # noqa: F401,F403
 from tapegrad.ops.map import map_rows  # noqa: F401
+from tapegrad.ops.scan import scan  # noqa: F401

@@ -1,0 +1,1046 @@
+"""``scan``: loops in the graph (SPEC section 2, "Loops").
+
+``tg.scan(fn, sequences, outputs_info, non_sequences, n_steps)`` follows
+Aesara: ``fn`` receives, per step ``t``, the slices ``seq[t]`` of every
+sequence, then the previous value of every recurrent output (those with an
+initial value in ``outputs_info``), then the non-sequences; it returns one
+output or a list.  ``scan`` returns ``(outputs, updates)`` (``updates`` is an
+empty dict), each output stacked over the steps: shape ``(n_steps, ...)``.
+
+Two ops hold the loop:
+
+``Scan`` (``SCAN``, 650)
+    the forward loop over an inner graph (the step body);
+``ScanGrad`` (``SCAN_GRAD``, 651)
+    the reverse sweep: the forward loop again, keeping states as ``checkpoint``
+    says (``"all"``: every state; ``"binomial"``: ``snapshots`` states, the
+    rest recomputed by a revolve-type schedule), then a reverse loop over the
+    body's adjoint (the inner graph's ``Lop``).
+
+Derivatives are loops again.  ``Scan.R_op`` is a ``Scan`` over the body and
+its tangent (inner ``Rop``), carrying state tangents.  ``Scan.L_op`` is a
+``ScanGrad``.  ``ScanGrad.R_op`` (forward-over-reverse, HVP) is the
+``ScanGrad`` of that tangent scan with cotangents ``(c_dot, c)``; and
+``ScanGrad.L_op`` (reverse-over-reverse) follows from the symmetry of the
+Hessian of ``<c, F(z)>``: ``z_bar = d(J^T c)/dz . w`` (a tangent of the
+gradient) and ``c_bar = J w`` (a tangent of the loop).  So every order of
+derivative keeps the checkpointing of the first.  See ``docs/scan.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+
+import numpy as np
+
+from tapegrad.config import config
+from tapegrad.graph import Constant, TensorType, Variable, as_tensor, constant, is_float_dtype, toposort
+from tapegrad.op import Apply, NullType, Op, disconnected_type
+from tapegrad.registry import registered
+
+__all__ = ["scan"]
+
+CHECKPOINTS = ("all", "binomial")
+
+
+# --------------------------------------------------------------------------- schedules
+def _beta(s, r):
+    """Steps a reverse sweep with ``s`` snapshots and ``r`` repetitions can cover: C(s + r, s)."""
+    return math.comb(s + r, s)
+
+
+def repetitions(n, snapshots):
+    """Least ``r`` with ``C(snapshots + r, snapshots) >= n``: no step is advanced more than ``r`` times."""
+    r = 0
+    while _beta(snapshots, r) < n:
+        r += 1
+    return r
+
+
+def default_snapshots(n):
+    """Default snapshot count of ``checkpoint="binomial"``: ``ceil(log2 n)`` (at least 1)."""
+    return max(1, math.ceil(math.log2(n))) if n > 1 else 1
+
+
+def store_all_schedule(n):
+    """The ``checkpoint="all"`` reverse sweep as actions (see :func:`binomial_schedule`)."""
+    if n <= 0:
+        return
+    yield ("restore", 0, 0)
+    for t in range(1, n):
+        yield ("advance", t - 1, t)
+        yield ("store", t, t)
+    for t in range(n - 1, -1, -1):
+        yield ("restore", t, t)
+        yield ("adjoint", t)
+        if t:
+            yield ("free", t)
+
+
+def binomial_schedule(n, snapshots):
+    """The binomial-checkpointing reverse sweep over ``n`` steps with ``snapshots`` stored states.
+
+    Yields actions on a current state and numbered snapshot slots (slot 0
+    holds the initial state):
+
+    ``("restore", slot, t)``  current state := slot (the state before step ``t``)
+    ``("advance", t0, t1)``   run forward steps ``t0 .. t1-1`` on the current state
+    ``("store", slot, t)``    slot := current state (the state before step ``t``)
+    ``("free", slot)``        slot is no longer needed
+    ``("adjoint", t)``        the adjoint of step ``t`` (current state = state before ``t``)
+
+    Adjoint steps come in the order ``n-1, ..., 0``.  A segment of ``m`` steps
+    with ``s`` free slots is split after ``k = max(1, m - C(s - 1 + r, s - 1))``
+    steps, ``r = repetitions(m, s)`` (Griewank's binomial bound): the right part
+    is reversed first with ``s - 1`` slots, then the left with ``s``.  At most
+    ``snapshots + 1`` states are held and no step is advanced more than
+    ``repetitions(n, snapshots)`` times.
+    """
+    if n <= 0:
+        return
+    if snapshots < 0:
+        raise ValueError(f"scan: snapshots must be >= 0, got {snapshots}")
+    free = list(range(snapshots, 0, -1))
+    tasks = [("sweep", 0, n, 0)]
+    while tasks:
+        task = tasks.pop()
+        if task[0] == "free":
+            free.append(task[1])
+            yield ("free", task[1])
+            continue
+        _, t0, t1, slot = task
+        s, m = len(free), t1 - t0
+        yield ("restore", slot, t0)
+        if m == 1:
+            yield ("adjoint", t0)
+            continue
+        if s == 0:  # no slot left: recompute from t0 for every step (quadratic)
+            for t in range(t1 - 1, t0 - 1, -1):
+                if t < t1 - 1:
+                    yield ("restore", slot, t0)
+                if t > t0:
+                    yield ("advance", t0, t)
+                yield ("adjoint", t)
+            continue
+        k = max(1, m - _beta(s - 1, repetitions(m, s)))
+        new = free.pop()
+        yield ("advance", t0, t0 + k)
+        yield ("store", new, t0 + k)
+        tasks.append(("sweep", t0, t0 + k, slot))
+        tasks.append(("free", new))
+        tasks.append(("sweep", t0 + k, t1, new))
+
+
+def schedule_for(checkpoint, n, snapshots):
+    """The action list the reverse sweep of a ``ScanGrad`` runs for ``n`` steps."""
+    if checkpoint == "all":
+        return store_all_schedule(n)
+    return binomial_schedule(n, default_snapshots(n) if snapshots is None else snapshots)
+
+
+def schedule_stats(checkpoint, n, snapshots=None):
+    """``{"advances", "adjoints", "peak_states"}`` of a schedule, without running it.
+
+    ``advances``: forward steps run by the reverse sweep (the forward pass
+    included); ``peak_states``: most states held at once (slots + current).
+    """
+    slots, peak, adv, adj = {0}, 1, 0, 0
+    for act in schedule_for(checkpoint, n, snapshots):
+        if act[0] == "advance":
+            adv += act[2] - act[1]
+        elif act[0] == "store":
+            slots.add(act[1])
+        elif act[0] == "free":
+            slots.discard(act[1])
+        elif act[0] == "adjoint":
+            adj += 1
+        peak = max(peak, len(slots) + 1)
+    return {"advances": adv, "adjoints": adj, "peak_states": peak}
+
+
+# --------------------------------------------------------------------------- inner-graph analysis
+def _connected_deps(inner_inputs, inner_outputs):
+    """For each inner output, the set of inner-input positions it is *connected* to (op connection patterns)."""
+    pos = {id(x): k for k, x in enumerate(inner_inputs)}
+    conn = {}
+
+    def of(v):
+        if id(v) in pos:
+            return {pos[id(v)]}
+        return conn.get(id(v), set())
+
+    for node in toposort(inner_outputs, blockers=inner_inputs):
+        pattern = node.op.connection_pattern(node)
+        for j, o in enumerate(node.outputs):
+            acc = set()
+            for i, x in enumerate(node.inputs):
+                if pattern[i][j]:
+                    acc |= of(x)
+            conn[id(o)] = acc
+    return [of(o) for o in inner_outputs]
+
+
+def _is_int_scalar(v):
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+class ScanTrajectory(Variable):
+    """A stacked ``scan`` output; ``traj[-1]`` is the final value from a loop that keeps only the last step.
+
+    Indexing with ``-1`` returns the output of a sibling ``Scan`` node (same
+    inputs, every output ``keep_last``), so a graph using only ``traj[-1]``
+    never stores the trajectory (what Aesara's save-memory rewrite does).
+    """
+
+    def __getitem__(self, index):
+        node = self.owner
+        if _is_int_scalar(index) and int(index) == -1 and node is not None and isinstance(node.op, Scan):
+            return node.op.last_of(node, self.index)
+        return super().__getitem__(index)
+
+
+# --------------------------------------------------------------------------- Scan
+@registered(name="SCAN", code=650)
+class Scan(Op):
+    """The forward loop: ``n_steps`` applications of an inner graph (the step body).
+
+    Inner graph
+        ``inner_inputs = [x_1[t] .. x_S[t], s_1 .. s_K, p_1 .. p_P]``: one slice
+        of each sequence, the previous value of each recurrent state, each
+        non-sequence (explicit ones first, then the closure variables ``fn``
+        used without passing them); ``inner_outputs = [s_1' .. s_K', y_1 .. y_M]``:
+        the new states (same dtype/shape as ``s_k``), then the per-step outputs.
+    Outer node
+        inputs ``[n_steps, x_1 .. x_S, s_1(0) .. s_K(0), p_1 .. p_P]``
+        (``n_steps``: int64 scalar, ignored when ``n_steps_given`` is False:
+        the loop length is then the shortest sequence's); outputs one per
+        inner output, stacked ``(n, ...)``, or (``keep_last[j]``) only the value
+        of the last step.
+    What a tape engine needs to run it as a loop block (body + jump)
+        the body = a sub-tape of ``inner_inputs -> inner_outputs`` (build it
+        with ``tapegrad.tape.build.build_tape(op.inner_inputs, op.inner_outputs)``);
+        slot bindings per step: sequence slices are views ``x[t]`` (stride of
+        axis 0), state slots double-buffered (outputs ``0..K-1`` feed inputs
+        ``S..S+K-1`` of the next step), non-sequence slots bound once; after
+        each step write output ``j`` into row ``t`` of its stacked buffer (or
+        keep it, ``keep_last``); jump back while ``t < n``.  Integer
+        parameters in ``encode()``: ``(n_seq, n_state, n_nonseq, n_nitsot,
+        n_steps_given, checkpoint, snapshots, keep_last...)``; the inner graph
+        itself is ``tape.ops[k]`` (this object).
+
+    ``perform`` (the reference engine) loops in Python, calling the inner
+    graph compiled once with ``tg.function(..., device="python")``.
+    """
+
+    kind = "general"
+
+    def __init__(self, inner_inputs, inner_outputs, n_seq, n_state, keep_last=None, checkpoint="all",
+                 snapshots=None, n_steps_given=True, name=None):
+        self.inner_inputs = list(inner_inputs)
+        self.inner_outputs = list(inner_outputs)
+        self.n_seq, self.n_state = int(n_seq), int(n_state)
+        self.n_nonseq = len(self.inner_inputs) - self.n_seq - self.n_state
+        self.n_nitsot = len(self.inner_outputs) - self.n_state
+        if self.n_nonseq < 0 or self.n_nitsot < 0:
+            raise ValueError("Scan: inconsistent counts of inner inputs/outputs")
+        self.keep_last = tuple(bool(b) for b in keep_last) if keep_last is not None else (False,) * len(inner_outputs)
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"scan: checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+        self.checkpoint, self.snapshots = checkpoint, snapshots
+        self.n_steps_given = bool(n_steps_given)
+        self.name = name
+        for k in range(self.n_state):
+            si, so = self.inner_inputs[self.n_seq + k], self.inner_outputs[k]
+            if si.dtype != so.dtype or si.ndim != so.ndim:
+                raise TypeError(f"Scan: state {k}: the step returns {so.type} for a state of type {si.type}")
+        self._deps = _connected_deps(self.inner_inputs, self.inner_outputs)
+        self._reach = self._reach_over_steps()
+        self._fns = {}
+        self._grad_op = None
+        self._last_op = None
+        self._tangents = {}
+
+    # -- identity: the inner graph is the op
+    def __eq__(self, other):
+        return self is other
+
+    def __hash__(self):
+        return id(self)
+
+    def __str__(self):
+        label = f"{self.name}: " if self.name else ""
+        return (f"Scan{{{label}{self.n_seq} seq, {self.n_state} state, {self.n_nonseq} nonseq, "
+                f"{self.n_nitsot} out, {len(toposort(self.inner_outputs))} inner nodes, {self.checkpoint}}}")
+
+    __repr__ = __str__
+
+    def encode(self):
+        snaps = -1 if self.snapshots is None else int(self.snapshots)
+        ints = (self.n_seq, self.n_state, self.n_nonseq, self.n_nitsot, int(self.n_steps_given),
+                CHECKPOINTS.index(self.checkpoint), snaps) + tuple(int(b) for b in self.keep_last)
+        return ints, ()
+
+    # -- structure helpers
+    @property
+    def n_inner(self):
+        return len(self.inner_inputs)
+
+    @property
+    def n_out(self):
+        return len(self.inner_outputs)
+
+    def _split(self, values):
+        """``[seqs, inits, nonseqs]`` of the primal inputs (after ``n_steps``)."""
+        a, b = self.n_seq, self.n_seq + self.n_state
+        return list(values[:a]), list(values[a:b]), list(values[b:])
+
+    def _reach_over_steps(self):
+        """For each output, the inner inputs it is connected to through any number of steps."""
+        reach = [set(d) for d in self._deps]
+        changed = True
+        while changed:
+            changed = False
+            for j in range(self.n_out):
+                for k in range(self.n_state):
+                    if self.n_seq + k in reach[j] and not reach[k] <= reach[j]:
+                        reach[j] |= reach[k]
+                        changed = True
+        return reach
+
+    # -- building
+    def make_node(self, n_steps, *inputs):
+        from tapegrad.ops.shape import as_int_scalar
+
+        n_steps = as_int_scalar(n_steps, "scan", "n_steps")
+        inputs = [as_tensor(x) for x in inputs]
+        if len(inputs) != self.n_inner:
+            raise TypeError(f"{self}: expected {self.n_inner} inputs after n_steps, got {len(inputs)}")
+        for k, (outer, inner) in enumerate(zip(inputs, self.inner_inputs)):
+            want_ndim = inner.ndim + 1 if k < self.n_seq else inner.ndim
+            what = "sequence" if k < self.n_seq else "initial state" if k < self.n_seq + self.n_state else "non-sequence"
+            if outer.ndim != want_ndim or outer.dtype != inner.dtype:
+                raise TypeError(
+                    f"scan: {what} {outer} has type {outer.type}; the loop body expects "
+                    f"{inner.dtype} with {want_ndim} dimension(s)"
+                )
+        n = self._static_length(n_steps, inputs[: self.n_seq])
+        outs = []
+        for j, o in enumerate(self.inner_outputs):
+            shape = o.type.shape
+            if j < self.n_state:
+                init = inputs[self.n_seq + j].type.shape
+                shape = tuple(a if a is not None else b for a, b in zip(shape, init))
+            if self.keep_last[j]:
+                outs.append(Variable(TensorType(o.dtype, shape)))
+            else:
+                outs.append(ScanTrajectory(TensorType(o.dtype, (n,) + shape)))
+        return Apply(self, [n_steps] + inputs, outs)
+
+    def _static_length(self, n_steps, seqs):
+        if self.n_steps_given:
+            if isinstance(n_steps, Constant):
+                return int(n_steps.data)
+            return None
+        lengths = [s.type.shape[0] for s in seqs]
+        return None if not lengths or any(n is None for n in lengths) else min(lengths)
+
+    # -- running
+    def length(self, n_steps, seqs):
+        """The number of steps from the ``n_steps`` value and the sequences (validated)."""
+        lengths = [len(s) for s in seqs]
+        if self.n_steps_given:
+            n = int(n_steps)
+            if n < 0:
+                raise ValueError(f"scan: n_steps must be >= 0, got {n}")
+            short = [k for k, m in enumerate(lengths) if m < n]
+            if short:
+                raise ValueError(
+                    f"scan: n_steps={n} but sequence {short[0]} has only {lengths[short[0]]} entries "
+                    f"(sequence lengths {lengths})"
+                )
+            return n
+        if not lengths:
+            raise ValueError("scan: no sequences and no n_steps")
+        return min(lengths)
+
+    def function(self, which="forward"):
+        """The inner graph compiled with ``device="python"`` (cached): ``"forward"`` (all outputs) or ``"states"``."""
+        fn = self._fns.get(which)
+        if fn is None:
+            from tapegrad.compile.function import function
+
+            outs = self.inner_outputs if which == "forward" else self.inner_outputs[: self.n_state]
+            fn = function(self.inner_inputs, list(outs), device="python", on_unused_input="ignore",
+                          name=f"scan {which} body")
+            self._fns[which] = fn
+        return fn
+
+    def check_state(self, k, new, old, t):
+        new = np.asarray(new)
+        if new.shape != np.shape(old):
+            raise ValueError(
+                f"scan: step {t} returned state {k} ({self.inner_outputs[k]}) with shape {new.shape}, "
+                f"but the state has shape {np.shape(old)} (a recurrent output must keep its shape)"
+            )
+        return new
+
+    def perform(self, node, inputs, output_storage):
+        seqs, inits, nonseqs = self._split(inputs[1:])
+        n = self.length(inputs[0], seqs)
+        if n == 0 and any(self.keep_last):
+            raise IndexError("scan: index -1 is out of bounds for a loop of 0 steps")
+        fn = self.function("forward")
+        state = [np.asarray(v) for v in inits]
+        stacks = [None] * self.n_out
+        last = [None] * self.n_out
+        for t in range(n):
+            outs = fn(*[s[t] for s in seqs], *state, *nonseqs)
+            state = [self.check_state(k, outs[k], state[k], t) for k in range(self.n_state)]
+            for j, o in enumerate(outs):
+                o = np.asarray(o)
+                if self.keep_last[j]:
+                    last[j] = o
+                    continue
+                if stacks[j] is None:
+                    stacks[j] = np.empty((n,) + o.shape, dtype=self.inner_outputs[j].dtype)
+                elif o.shape != stacks[j].shape[1:]:
+                    raise ValueError(f"scan: output {j} has shape {o.shape} at step {t}, "
+                                     f"but {stacks[j].shape[1:]} at step 0")
+                stacks[j][t] = o
+        for j, st in enumerate(output_storage):
+            dtype = self.inner_outputs[j].dtype
+            if self.keep_last[j]:
+                st[0] = np.array(last[j], dtype=dtype, copy=True)
+            elif stacks[j] is not None:
+                st[0] = stacks[j]
+            else:
+                st[0] = np.zeros((0,) + self._empty_shape(j, seqs, inits, nonseqs), dtype=dtype)
+
+    def _empty_shape(self, j, seqs, inits, nonseqs):
+        if j < self.n_state:
+            return np.shape(inits[j])
+        inner = self.inner_outputs[j].type.shape
+        if all(s is not None for s in inner):
+            return inner
+        try:
+            fake = [np.zeros(np.shape(s)[1:], np.asarray(s).dtype) for s in seqs]
+            return np.shape(self.function("forward")(*fake, *inits, *nonseqs)[j])
+        except Exception:  # noqa: BLE001 - best effort for an empty loop
+            return tuple(0 if s is None else s for s in inner)
+
+    def infer_shape(self, node, input_shapes):
+        seq_shapes = input_shapes[1: 1 + self.n_seq]
+        n = None
+        if not self.n_steps_given:
+            n = min(int(s[0]) for s in seq_shapes)
+        elif isinstance(node.inputs[0], Constant):
+            n = int(node.inputs[0].data)
+        elif not all(self.keep_last):
+            raise NotImplementedError("scan: the loop length depends on the value of n_steps")
+        inner_in = [tuple(s[1:]) for s in seq_shapes] + [tuple(s) for s in input_shapes[1 + self.n_seq:]]
+        shapes = _inner_shapes(self.inner_inputs, self.inner_outputs, inner_in)
+        out = []
+        for j, sh in enumerate(shapes):
+            if j < self.n_state:
+                sh = tuple(input_shapes[1 + self.n_seq + j])
+            out.append(tuple(sh) if self.keep_last[j] else (n,) + tuple(sh))
+        return out
+
+    # -- the keep-last sibling (``traj[-1]``)
+    def last_of(self, node, j):
+        """Output ``j`` of a sibling node on ``node``'s inputs that keeps only the last step."""
+        cached = node.__dict__.get("_scan_last")
+        if cached is None:
+            if self._last_op is None:
+                self._last_op = Scan(self.inner_inputs, self.inner_outputs, self.n_seq, self.n_state,
+                                     keep_last=(True,) * self.n_out, checkpoint=self.checkpoint,
+                                     snapshots=self.snapshots, n_steps_given=self.n_steps_given, name=self.name)
+            cached = self._last_op.make_node(*node.inputs).outputs
+            node._scan_last = cached
+        return cached[j]
+
+    # -- derivatives
+    def connection_pattern(self, node):
+        rows = [[False] * self.n_out]
+        for i in range(self.n_inner):
+            rows.append([i in self._reach[j] for j in range(self.n_out)])
+        return rows
+
+    def grad_op(self):
+        """The ``ScanGrad`` of this loop (cached)."""
+        if self._grad_op is None:
+            self._grad_op = ScanGrad(self)
+        return self._grad_op
+
+    def L_op(self, inputs, outputs, output_grads):
+        from tapegrad.ops import zeros_like
+
+        pattern = self.connection_pattern(None)
+        g_op = self.grad_op()
+        result = [disconnected_type()]
+        if g_op.null is not None:
+            for i, x in enumerate(inputs[1:]):
+                result.append(g_op.null if any(pattern[i + 1]) else disconnected_type())
+            return result
+        grads = g_op(*inputs, *[output_grads[j] for j in g_op.cot_outputs]) if g_op.wrt else []
+        grads = grads if isinstance(grads, list) else [grads]
+        for i, x in enumerate(inputs[1:]):
+            if not any(pattern[i + 1]):
+                result.append(disconnected_type())
+            elif i in g_op.wrt:
+                result.append(grads[g_op.wrt.index(i)])
+            else:  # integer input: zero gradient
+                result.append(zeros_like(x, dtype=config.floatX))
+        return result
+
+    def tangent_scan(self, live_in):
+        """The loop over (primal, tangent) for tangents on the inner inputs flagged in ``live_in``.
+
+        Returns ``(T, info)`` or ``(None, None)`` when no output gets a tangent.
+        ``T``'s inner inputs: ``[x.., x_dot(live seqs).., s.., s_dot(K).., p.., p_dot(live)..]``,
+        its outputs ``[s'.., s_dot'(K).., y.., y_dot(live)..]``, ``K`` = the states
+        carrying a tangent.  ``info``: ``seqs``/``states``/``nonseqs`` (positions carrying
+        tangents), ``out_tangent`` (primal output -> T output position or None),
+        ``primal_in`` (primal inner input -> T inner input position), ``tangent_of``
+        (T output position -> primal output whose tangent it is, for tangent outputs).
+        """
+        key = tuple(bool(b) for b in live_in)
+        if key in self._tangents:
+            return self._tangents[key]
+        from tapegrad.gradient import Rop
+
+        ns, nk = self.n_seq, self.n_state
+        live = [b and is_float_dtype(x.dtype) for b, x in zip(key, self.inner_inputs)]
+        live_out = [False] * self.n_out
+        changed = True
+        while changed:
+            changed = False
+            for j, o in enumerate(self.inner_outputs):
+                if not live_out[j] and is_float_dtype(o.dtype) and any(live[i] for i in self._deps[j]):
+                    live_out[j] = True
+                    changed = True
+                    if j < nk:
+                        live[ns + j] = True
+        if not any(live_out):
+            self._tangents[key] = (None, None)
+            return None, None
+        seq_l = [i for i in range(ns) if live[i]]
+        state_l = [k for k in range(nk) if live[ns + k]]
+        non_l = [i for i in range(ns + nk, self.n_inner) if live[i]]
+        nit_l = [j for j in range(nk, self.n_out) if live_out[j]]
+        dot = {i: self.inner_inputs[i].type(_dot_name(self.inner_inputs[i])) for i in seq_l + [ns + k for k in state_l] + non_l}
+        wrt = sorted(dot)
+        t_outs = Rop([self.inner_outputs[j] for j in state_l + nit_l], [self.inner_inputs[i] for i in wrt],
+                     [dot[i] for i in wrt], disconnected_outputs="ignore", return_disconnected="zero")
+        t_state, t_nit = t_outs[: len(state_l)], t_outs[len(state_l):]
+        t_state = [_as_dtype(t, self.inner_outputs[k].dtype) for t, k in zip(t_state, state_l)]
+        X, S, P = self._split(self.inner_inputs)
+        ins = X + [dot[i] for i in seq_l] + S + [dot[ns + k] for k in state_l] + P + [dot[i] for i in non_l]
+        outs = (self.inner_outputs[:nk] + t_state + self.inner_outputs[nk:] + list(t_nit))
+        keep = (self.keep_last[:nk] + tuple(self.keep_last[k] for k in state_l) + self.keep_last[nk:]
+                + tuple(self.keep_last[j] for j in nit_l))
+        T = Scan(ins, outs, ns + len(seq_l), nk + len(state_l), keep_last=keep, checkpoint=self.checkpoint,
+                 snapshots=self.snapshots, n_steps_given=self.n_steps_given,
+                 name=f"{self.name or 'scan'} tangent")
+        nkT = nk + len(state_l)
+        out_tangent = [None] * self.n_out
+        tangent_of = {}
+        for a, k in enumerate(state_l):
+            if live_out[k]:
+                out_tangent[k] = nk + a
+            tangent_of[nk + a] = k
+        for a, j in enumerate(nit_l):
+            pos = nkT + self.n_nitsot + a
+            out_tangent[j] = pos
+            tangent_of[pos] = j
+        primal_out = list(range(nk)) + [nkT + (j - nk) for j in range(nk, self.n_out)]
+        nsT = ns + len(seq_l)
+        primal_in = (list(range(ns)) + [nsT + k for k in range(nk)]
+                     + [nsT + nkT + (i - ns - nk) for i in range(ns + nk, self.n_inner)])
+        info = {"seqs": seq_l, "states": state_l, "nonseqs": non_l, "out_tangent": out_tangent,
+                "tangent_of": tangent_of, "primal_out": primal_out, "primal_in": primal_in}
+        self._tangents[key] = (T, info)
+        return T, info
+
+    def tangent_inputs(self, inputs, points, info):
+        """Outer inputs of the tangent scan: ``inputs`` = this node's, ``points`` = tangents of the primal ones."""
+        from tapegrad.ops import zeros_like
+
+        X, S, P = self._split(inputs[1:])
+        ns, nk = self.n_seq, self.n_state
+        x_dot = [points[i] for i in info["seqs"]]
+        s_dot = [points[ns + k] if points[ns + k] is not None else zeros_like(S[k]) for k in info["states"]]
+        p_dot = [points[i] for i in info["nonseqs"]]
+        return [inputs[0]] + X + x_dot + S + s_dot + P + p_dot
+
+    def R_op(self, inputs, eval_points):
+        points = list(eval_points[1:])
+        live = [p is not None for p in points]
+        T, info = self.tangent_scan(live)
+        if T is None:
+            return [None] * self.n_out
+        outs = T(*self.tangent_inputs(inputs, points, info))
+        outs = outs if isinstance(outs, list) else [outs]
+        return [None if p is None else outs[p] for p in info["out_tangent"]]
+
+
+def _dot_name(x):
+    return None if x.name is None else f"{x.name}_dot"
+
+
+def _as_dtype(v, dtype):
+    return v if v.dtype == dtype else v.astype(dtype)
+
+
+def _inner_shapes(inner_inputs, inner_outputs, in_shapes):
+    """Concrete shapes of the inner outputs from the inner inputs' shapes (``NotImplementedError`` if unknown)."""
+    shapes = {id(x): tuple(int(n) for n in s) for x, s in zip(inner_inputs, in_shapes)}
+
+    def shape_of(v):
+        if id(v) in shapes:
+            return shapes[id(v)]
+        if isinstance(v, Constant):
+            return v.data.shape
+        raise NotImplementedError(f"scan: no shape for inner variable {v}")
+
+    for node in toposort(inner_outputs, blockers=inner_inputs):
+        try:
+            res = node.op.infer_shape(node, [shape_of(x) for x in node.inputs])
+        except NotImplementedError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise NotImplementedError(f"scan: inner shape inference failed at {node.op}: {e}") from None
+        for o, s in zip(node.outputs, res):
+            shapes[id(o)] = tuple(int(n) for n in s)
+    return [shape_of(o) for o in inner_outputs]
+
+
+# --------------------------------------------------------------------------- ScanGrad
+@registered(name="SCAN_GRAD", code=651)
+class ScanGrad(Op):
+    """The reverse sweep of a ``Scan``: gradients of ``<c, outputs>`` w.r.t. its float inputs.
+
+    Inputs ``[n_steps, x.., s(0).., p.., c_j..]`` (``c_j``: one cotangent per float
+    output ``j`` of the loop, in ``cot_outputs`` order, shaped like that output);
+    outputs one gradient per float primal input (``wrt``, positions among
+    ``x.., s(0).., p..``): ``x_bar`` per step, ``s_bar(0)``, ``p_bar`` summed over steps.
+
+    The adjoint body is the inner graph's ``Lop``: inner inputs
+    ``[x[t].., s(t).., p.., lambda(t+1)[float states].., y_bar[t][float nit-sots]..]``,
+    outputs ``[x_bar[t].., s_bar(t).., p_bar[t]..]`` for the float inner inputs.
+    ``perform`` runs the action list of :func:`schedule_for` (``checkpoint`` of
+    the loop): ``advance`` steps the forward (state) body, ``adjoint`` the adjoint
+    body with ``lambda(t+1) = s_bar(t+1) + c_state[t]``; a tape engine can run the
+    same action list (it depends on ``n`` and ``snapshots`` only) with two
+    sub-tapes and ``snapshots + 1`` state buffers.
+    """
+
+    kind = "general"
+
+    def __init__(self, scan_op):
+        from tapegrad.gradient import grad
+
+        op = self.scan_op = scan_op
+        self.checkpoint, self.snapshots = op.checkpoint, op.snapshots
+        self.wrt = [i for i, x in enumerate(op.inner_inputs) if is_float_dtype(x.dtype)]
+        self.cot_outputs = [j for j, o in enumerate(op.inner_outputs) if is_float_dtype(o.dtype)]
+        self.cots = [op.inner_outputs[j].type(f"{'lambda' if j < op.n_state else 'y_bar'}{j}")
+                     for j in self.cot_outputs]
+        known = {}
+        for j, c in zip(self.cot_outputs, self.cots):
+            o = op.inner_outputs[j]
+            if isinstance(o, Constant):
+                continue
+            known[o] = c if o not in known else known[o] + c
+        self.null = None
+        if known and self.wrt:
+            g = grad(None, [op.inner_inputs[i] for i in self.wrt], known_grads=known, disconnected_inputs="ignore",
+                     return_disconnected="zero", null_gradients="return")
+            self.null = next((v for v in g if isinstance(v.type, NullType)), None)
+        else:
+            from tapegrad.ops import zeros_like
+
+            g = [zeros_like(op.inner_inputs[i]) for i in self.wrt]
+        self.adjoint_inputs = op.inner_inputs + self.cots
+        self.adjoint_outputs = [_as_dtype(v, op.inner_inputs[i].dtype) if self.null is None else v
+                                for v, i in zip(g, self.wrt)]
+        self._fn = None
+        self._augmented = {}
+
+    def __eq__(self, other):
+        return self is other
+
+    def __hash__(self):
+        return id(self)
+
+    def __str__(self):
+        snaps = "" if self.snapshots is None else f", snapshots={self.snapshots}"
+        return f"ScanGrad{{{self.checkpoint}{snaps} of {self.scan_op}}}"
+
+    __repr__ = __str__
+
+    def encode(self):
+        ints, _ = self.scan_op.encode()
+        return ints + (len(self.wrt), len(self.cot_outputs)), ()
+
+    def make_node(self, n_steps, *inputs):
+        op = self.scan_op
+        fwd = op.make_node(n_steps, *inputs[: op.n_inner])
+        cots = [as_tensor(c) for c in inputs[op.n_inner:]]
+        if len(cots) != len(self.cot_outputs):
+            raise TypeError(f"{self}: expected {len(self.cot_outputs)} cotangents, got {len(cots)}")
+        for c, j in zip(cots, self.cot_outputs):
+            o = fwd.outputs[j]
+            if c.ndim != o.ndim:
+                raise TypeError(f"{self}: cotangent of output {j} has {c.ndim} dimension(s), the output {o.ndim}")
+        cots = [_as_dtype(c, fwd.outputs[j].dtype) for c, j in zip(cots, self.cot_outputs)]
+        primal = fwd.inputs[1:]
+        outs = [Variable(TensorType(primal[i].dtype, primal[i].type.shape)) for i in self.wrt]
+        return Apply(self, [fwd.inputs[0]] + primal + cots, outs)
+
+    def infer_shape(self, node, input_shapes):
+        return [tuple(input_shapes[1 + i]) for i in self.wrt]
+
+    def adjoint_function(self):
+        if self._fn is None:
+            from tapegrad.compile.function import function
+
+            self._fn = function(self.adjoint_inputs, self.adjoint_outputs, device="python",
+                                on_unused_input="ignore", name="scan adjoint body")
+        return self._fn
+
+    def perform(self, node, inputs, output_storage):
+        op = self.scan_op
+        ns, nk = op.n_seq, op.n_state
+        seqs, inits, nonseqs = op._split(inputs[1: 1 + op.n_inner])
+        cots = list(inputs[1 + op.n_inner:])
+        n = op.length(inputs[0], seqs)
+        if n == 0 and any(op.keep_last):
+            raise IndexError("scan: index -1 is out of bounds for a loop of 0 steps")
+        primal = seqs + inits + nonseqs
+        grads = {i: np.zeros(np.shape(primal[i]), dtype=op.inner_inputs[i].dtype) for i in self.wrt}
+        cot_of = dict(zip(self.cot_outputs, cots))
+        state_cots = [j for j in self.cot_outputs if j < nk]
+        nit_cots = [j for j in self.cot_outputs if j >= nk]
+        # lambda: adjoint of the state after the current step
+        lam = {k: np.zeros(np.shape(inits[k]), dtype=op.inner_inputs[ns + k].dtype) for k in state_cots}
+        step = op.function("states") if nk else None
+        adjoint = self.adjoint_function()
+
+        def cot_at(j, t):
+            c = cot_of[j]
+            if not op.keep_last[j]:
+                return c[t]
+            return c if t == n - 1 else np.zeros_like(c)
+
+        slots = {0: [np.asarray(v) for v in inits]}
+        cur, t_cur = slots[0], 0
+        for act in schedule_for(self.checkpoint, n, self.snapshots):
+            kind = act[0]
+            if kind == "restore":
+                cur, t_cur = slots[act[1]], act[2]
+            elif kind == "advance":
+                for t in range(act[1], act[2]):
+                    outs = step(*[s[t] for s in seqs], *cur, *nonseqs) if nk else []
+                    cur = [op.check_state(k, outs[k], cur[k], t) for k in range(nk)]
+                t_cur = act[2]
+            elif kind == "store":
+                slots[act[1]] = cur
+            elif kind == "free":
+                del slots[act[1]]
+            else:  # adjoint of step t, cur = state before step t
+                t = act[1]
+                assert t == t_cur, (t, t_cur)
+                lam_in = [lam[j] + cot_at(j, t) for j in state_cots]
+                y_bar = [cot_at(j, t) for j in nit_cots]
+                res = adjoint(*[s[t] for s in seqs], *cur, *nonseqs, *lam_in, *y_bar)
+                for i, g in zip(self.wrt, res):
+                    if i < ns:
+                        grads[i][t] = g
+                    elif i < ns + nk:
+                        if i - ns in lam:
+                            lam[i - ns] = np.asarray(g)
+                    else:
+                        grads[i] += g
+        for k in state_cots:
+            if ns + k in grads:
+                grads[ns + k] = lam[k] if n else grads[ns + k]
+        for st, i in zip(output_storage, self.wrt):
+            st[0] = np.array(grads[i], dtype=op.inner_inputs[i].dtype, copy=True)
+
+    # -- derivatives of the gradient
+    def connection_pattern(self, node):
+        n_in = 1 + self.scan_op.n_inner + len(self.cot_outputs)
+        return [[False] * len(self.wrt)] + [[True] * len(self.wrt) for _ in range(n_in - 1)]
+
+    def R_op(self, inputs, eval_points):
+        """Tangent of ``J(z)^T c``: the ``ScanGrad`` of the tangent loop with cotangents ``(c_dot, c)``."""
+        from tapegrad.ops import zeros_like
+
+        op = self.scan_op
+        z_dot = list(eval_points[1: 1 + op.n_inner])
+        c_dot = list(eval_points[1 + op.n_inner:])
+        cots = list(inputs[1 + op.n_inner:])
+        live = [p is not None for p in z_dot]
+        T, info = op.tangent_scan(live) if any(live) else (None, None)
+        if T is None:
+            if all(c is None for c in c_dot):
+                return [None] * len(self.wrt)
+            c_dot = [zeros_like(c) if d is None else d for c, d in zip(cots, c_dot)]
+            res = self(*inputs[: 1 + op.n_inner], *c_dot)
+            return res if isinstance(res, list) else [res]
+        GT = T.grad_op()
+        cot_by_out = dict(zip(self.cot_outputs, zip(cots, c_dot)))
+        t_cots = []
+        primal_pos = {p: j for j, p in enumerate(info["primal_out"])}
+        for jt in GT.cot_outputs:
+            if jt in primal_pos:
+                c, d = cot_by_out[primal_pos[jt]]
+                t_cots.append(zeros_like(c) if d is None else d)
+            else:
+                t_cots.append(cot_by_out[info["tangent_of"][jt]][0])
+        res = GT(*op.tangent_inputs(inputs[: 1 + op.n_inner], z_dot, info), *t_cots)
+        res = res if isinstance(res, list) else [res]
+        return [res[GT.wrt.index(info["primal_in"][i])] for i in self.wrt]
+
+    def L_op(self, inputs, outputs, output_grads):
+        """Reverse over reverse: ``z_bar = d(J^T c)/dz . w`` (symmetric) and ``c_bar = J w``."""
+        from tapegrad.ops import zeros_like
+
+        op = self.scan_op
+        w = dict(zip(self.wrt, output_grads))
+        z_dot = [w.get(i) for i in range(op.n_inner)]
+        points = [None] + z_dot + [None] * len(self.cot_outputs)
+        z_bar = self.R_op(inputs, points)
+        c_bar = op.R_op(inputs[: 1 + op.n_inner], [None] + z_dot)
+        result = [disconnected_type()]
+        zb = dict(zip(self.wrt, z_bar))
+        for i, x in enumerate(inputs[1: 1 + op.n_inner]):
+            if i in zb:
+                result.append(zeros_like(x) if zb[i] is None else zb[i])
+            else:
+                result.append(zeros_like(x, dtype=config.floatX))
+        for j, c in zip(self.cot_outputs, inputs[1 + op.n_inner:]):
+            result.append(zeros_like(c) if c_bar[j] is None else _as_dtype(c_bar[j], c.dtype))
+        return result
+
+
+# --------------------------------------------------------------------------- scan()
+def _dict_entry(entry, key, what):
+    taps = entry.get("taps", [-1] if key == "initial" else [0])
+    want = [-1] if key == "initial" else [0]
+    if taps is None or list(taps) != want:
+        raise NotImplementedError(
+            f"scan: {what} with taps={taps!r} is not supported; only taps={want} (the previous step"
+            f"{'' if key == 'initial' else ' / the current slice'})"
+        )
+    return entry.get(key if key == "initial" else "input")
+
+
+def _listify(x):
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _placeholder(type_, name):
+    return Variable(type_, name=name)
+
+
+def _split_result(result):
+    """``fn``'s return value -> (list of outputs, updates dict)."""
+    updates = {}
+    if isinstance(result, dict):
+        return [], result
+    if isinstance(result, (list, tuple)) and len(result) == 2 and any(isinstance(r, dict) for r in result):
+        a, b = result
+        outs, updates = (b, a) if isinstance(a, dict) else (a, b)
+        result = outs
+    if result is None:
+        return [], updates
+    if isinstance(result, (list, tuple)):
+        return list(result), updates
+    return [result], updates
+
+
+def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None, truncate_gradient=-1,
+         go_backwards=False, mode=None, name=None, profile=False, allow_gc=None, strict=False, return_list=False,
+         checkpoint="all", snapshots=None, return_updates=True):
+    """Loop ``fn`` over steps, Aesara's ``scan``.
+
+    Parameters
+    ----------
+    fn : callable
+        Called once, symbolically, with per-step arguments in this order: the
+        slice ``seq[t]`` of each sequence, the previous value of each recurrent
+        output (``outputs_info`` entries that are not None), each non-sequence.
+        Returns one Variable or a list/tuple (one per ``outputs_info`` entry).
+        Variables it uses without receiving them become implicit non-sequences.
+    sequences : Variable or list
+        Iterated along axis 0 (``dict(input=x, taps=[0])`` also accepted).
+    outputs_info : None, Variable or list
+        Per output: its initial value (fed back: ``fn`` gets the previous
+        value; ``dict(initial=x, taps=[-1])`` also accepted; other taps raise
+        ``NotImplementedError``), or None (not fed back).
+    non_sequences : Variable or list
+        Passed unchanged to every step.
+    n_steps : int or int scalar Variable, optional
+        Number of steps; the first ``n_steps`` entries of every sequence are
+        used.  Default: the length of the shortest sequence.
+    go_backwards : bool
+        Iterate the sequences from the end.
+    strict : bool
+        Raise if ``fn`` uses variables not passed in ``non_sequences``.
+    return_list : bool
+        Return a list even for one output.
+    checkpoint : {"all", "binomial"}
+        How the reverse sweep of the gradient keeps states: ``"all"`` stores
+        every step's state; ``"binomial"`` stores ``snapshots`` states and
+        recomputes the others (revolve schedule; memory O(snapshots) states,
+        each step recomputed at most ``r`` times, ``C(snapshots + r, r) >= n``).
+    snapshots : int, optional
+        States kept by ``"binomial"`` (default ``ceil(log2 n_steps)``).
+    return_updates : bool
+        True (Aesara's convention): return ``(outputs, updates)``; False
+        (PyTensor's newer option): return ``outputs`` only.
+    truncate_gradient, mode, name, profile, allow_gc
+        Aesara's; only ``truncate_gradient=-1`` is supported, the others are
+        accepted and ignored (``name`` labels the op).
+
+    Returns
+    -------
+    (outputs, updates)
+        ``outputs``: one Variable (a single output) or a list, each stacked
+        over steps with shape ``(n_steps,) + step shape``; ``outputs[-1]`` is
+        the final value (computed by a loop that keeps only the last step).
+        ``updates``: an empty ``OrderedDict`` (shared-variable updates inside
+        ``fn`` are not supported).
+
+    Examples
+    --------
+    >>> x0 = tg.dvector("x0"); W = tg.dmatrix("W")
+    >>> traj, _ = tg.scan(lambda x, W: tg.tanh(W @ x), outputs_info=x0, non_sequences=W, n_steps=10)
+    >>> loss = (traj[-1] ** 2).sum()
+    """
+    del mode, profile, allow_gc
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"scan: checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    if snapshots is not None and (not _is_int_scalar(snapshots) or snapshots < 1):
+        raise ValueError(f"scan: snapshots must be a positive int, got {snapshots!r}")
+    if truncate_gradient != -1:
+        raise NotImplementedError("scan: truncate_gradient is not supported (only -1, the full gradient)")
+    if not callable(fn):
+        raise TypeError(f"scan: fn must be callable, got {type(fn).__name__}")
+
+    seqs = []
+    for k, s in enumerate(_listify(sequences)):
+        if isinstance(s, dict):
+            s = _dict_entry(s, "input", f"sequence {k}")
+        s = as_tensor(s)
+        if s.ndim < 1:
+            raise ValueError(f"scan: sequence {k} ({s}) must have at least one dimension, got a scalar")
+        seqs.append(s[::-1] if go_backwards else s)
+
+    info = None if outputs_info is None else _listify(outputs_info)
+    inits = None
+    if info is not None:
+        inits = []
+        for k, e in enumerate(info):
+            if isinstance(e, dict):
+                e = _dict_entry(e, "initial", f"outputs_info[{k}]") if e.get("initial") is not None else None
+            inits.append(None if e is None else as_tensor(e))
+
+    explicit = [as_tensor(p) for p in _listify(non_sequences)]
+
+    if n_steps is None:
+        if not seqs:
+            raise ValueError("scan: give n_steps when there are no sequences")
+        n_var, given = constant(np.asarray(-1, dtype="int64")), False
+    else:
+        if _is_int_scalar(n_steps) and n_steps < 0:
+            raise NotImplementedError(f"scan: negative n_steps ({n_steps}) is not supported; use go_backwards")
+        from tapegrad.ops.shape import as_int_scalar
+
+        n_var, given = as_int_scalar(n_steps, "scan", "n_steps"), True
+
+    # -- trace fn on placeholders
+    x_in = [_placeholder(TensorType(s.dtype, s.type.shape[1:]), None if s.name is None else f"{s.name}[t]")
+            for s in seqs]
+    s_in = [] if inits is None else [_placeholder(v.type, None if v.name is None else f"{v.name}[t-1]")
+                                     for v in inits if v is not None]
+    p_in = [p if isinstance(p, Constant) else _placeholder(p.type, p.name) for p in explicit]
+    result = fn(*x_in, *s_in, *p_in)
+    outs, updates = _split_result(result)
+    if updates:
+        raise NotImplementedError("scan: updates of shared variables returned by fn are not supported")
+    outs = [as_tensor(o) for o in outs]
+    if not outs:
+        raise ValueError("scan: fn returned no outputs")
+    if inits is None:
+        inits = [None] * len(outs)
+    if len(inits) != len(outs):
+        raise ValueError(
+            f"scan: fn returned {len(outs)} output(s) but outputs_info has {len(inits)} entr"
+            f"{'y' if len(inits) == 1 else 'ies'}"
+        )
+    state_idx = [j for j, v in enumerate(inits) if v is not None]
+    nit_idx = [j for j, v in enumerate(inits) if v is None]
+    for k, j in enumerate(state_idx):
+        o, init = outs[j], inits[j]
+        if o.dtype != init.dtype or o.ndim != init.ndim:
+            raise TypeError(
+                f"scan: output {j} of fn has type {o.type} but its initial value in outputs_info ({init}) has "
+                f"type {init.type}; they must have the same dtype and number of dimensions (cast one with "
+                f".astype({o.dtype!r}) or .astype({init.dtype!r}))"
+            )
+        for axis, (a, b) in enumerate(zip(o.type.shape, init.type.shape)):
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"scan: output {j} of fn has static shape {o.type.shape} but its initial value has "
+                    f"{init.type.shape} (axis {axis})"
+                )
+
+    # -- closure: outer variables fn used without receiving them
+    inner_in = x_in + s_in + [p for p in p_in if not isinstance(p, Constant)]
+    ordered = [outs[j] for j in state_idx] + [outs[j] for j in nit_idx]
+    depends = set(map(id, inner_in))
+    nodes = toposort(ordered, blockers=inner_in)
+    for node in nodes:
+        if any(id(x) in depends for x in node.inputs):
+            depends.update(id(o) for o in node.outputs)
+    closure, seen = [], set()
+
+    def add_closure(v):
+        if id(v) not in seen and id(v) not in depends and not isinstance(v, Constant):
+            seen.add(id(v))
+            closure.append(v)
+
+    for node in nodes:
+        if any(id(o) in depends for o in node.outputs):
+            for x in node.inputs:
+                add_closure(x)
+    for o in ordered:
+        add_closure(o)
+    if strict and closure:
+        raise ValueError(f"scan: strict=True but fn uses {closure[0]} without receiving it in non_sequences")
+    from tapegrad.graph import clone_replace
+
+    c_in = [_placeholder(c.type, c.name) for c in closure]
+    inner_out = clone_replace(ordered, dict(zip(closure, c_in))) if closure else ordered
+
+    outer_p = [p for p in explicit if not isinstance(p, Constant)]
+    op = Scan(inner_in + c_in, inner_out, len(x_in), len(s_in), checkpoint=checkpoint, snapshots=snapshots,
+              n_steps_given=given, name=name)
+    res = op.make_node(n_var, *seqs, *[inits[j] for j in state_idx], *outer_p, *closure).outputs
+    by_user = {j: res[k] for k, j in enumerate(state_idx + nit_idx)}
+    for j, v in by_user.items():
+        if outs[j].name is not None:
+            v.name = outs[j].name
+    outputs = [by_user[j] for j in range(len(outs))]
+    if len(outputs) == 1 and not return_list:
+        outputs = outputs[0]
+    return (outputs, OrderedDict()) if return_updates else outputs
