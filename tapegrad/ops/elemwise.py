@@ -490,3 +490,8 @@ def cast(x, dtype):
     if x.dtype == dtype:
         return x
     return Cast(dtype)(x)
+
+
+__all__ = sorted(
+    set(_PUBLIC) | {"cast", "where", "true_divide", "floor_div", "power", "digamma", "square", "invert"}
+)
