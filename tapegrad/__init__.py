@@ -65,14 +65,10 @@ from tapegrad.gradient import (
     undefined_grad,
     zero_grad,
 )
-from tapegrad import gradient  # noqa: F401
-
-try:  # TEMPORARY during parallel development: these modules are being written
-    from tapegrad import printing  # noqa: F401
-    from tapegrad.compile.function import Function, function  # noqa: F401
-    from tapegrad.testing import GradientError, numeric_grad, verify_grad  # noqa: F401
-    from tapegrad import linalg  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from tapegrad import gradient, printing  # noqa: F401
+from tapegrad.compile.function import Function, function  # noqa: F401
+from tapegrad.testing import GradientError, numeric_grad, verify_grad  # noqa: F401
+from tapegrad.sparse import sparse_hessian, sparse_jacobian  # noqa: F401
+import tapegrad.linalg as linalg  # noqa: E402  (the public namespace, not tapegrad.ops.linalg)
 
 __version__ = "0.1.0"

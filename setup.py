@@ -1,0 +1,34 @@
+"""tapegrad: automatic differentiation on a flat tape, run by Numba sweeps."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+DASK = "dask[distributed]"
+extras = {
+    "cuda": ["numba-cuda"],
+    "scipy": ["scipy"],
+    "dask": [DASK],
+    "test": ["pytest", "hypothesis", "scipy", DASK, "numba-cuda"],
+    "perf": ["jax", "jaxlib", "pytensor", "torch==2.13.0", "autograd", "matplotlib", DASK],
+}
+
+setup(
+    name="tapegrad",
+    version="0.1.0",
+    description="Aesara-style symbolic automatic differentiation compiled to a flat tape run by Numba engines",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tapegrad", "tapegrad.*"]),
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=["numba", "numpy"],
+    extras_require=extras,
+    license="BSD-3-Clause",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Mathematics",
+    ],
+)
