@@ -142,6 +142,7 @@ def ones(shape, dtype=None):
 # --------------------------------------------------------------------------- zeros_like / ones_like
 class _FillLike(Op):
     """An array of ``x``'s run-time shape filled with ``fill`` in ``dtype``.  Disconnected from ``x``."""
+    output_shape_of = 0  # output 0 has the run-time shape of input 0
 
     __props__ = ("dtype",)
     kind = "general"

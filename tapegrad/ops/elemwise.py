@@ -371,11 +371,70 @@ class Elemwise(Op):
 
 
 def _same_static_shape(a, b):
-    """True when ``a`` and ``b`` certainly have the same run-time shape."""
+    """True when ``a`` and ``b`` certainly have the same run-time shape.
+
+    Either every length is statically known and equal, or both variables
+    trace back (through elementwise ops with scalar-like partners,
+    ``sum_like`` and ``broadcast_like``) to one variable whose shape they share.
+    """
     sa, sb = a.type.shape, b.type.shape
     if len(sa) != len(sb):
         return False
-    return all(x is not None and x == y for x, y in zip(sa, sb)) or a is b
+    if a is b or all(x is not None and x == y for x, y in zip(sa, sb)):
+        return True
+    return shape_root(a) is shape_root(b)
+
+
+def _scalar_like(v, ndim):
+    return v.ndim <= ndim and all(n == 1 for n in v.type.shape)
+
+
+def shape_root(v):
+    """A variable known to have ``v``'s run-time shape, as far up the graph as that is provable.
+
+    Iterative with memoisation in ``var.tag`` (graphs of unrolled loops are deep).
+    """
+    stack = [v]
+    while stack:
+        u = stack[-1]
+        if "shape_root" in u.tag:
+            stack.pop()
+            continue
+        deps = _shape_deps(u)
+        pending = [d for d in deps if "shape_root" not in d.tag]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        roots = {id(d.tag["shape_root"]): d.tag["shape_root"] for d in deps}
+        u.tag["shape_root"] = next(iter(roots.values())) if len(roots) == 1 else u
+    return v.tag["shape_root"]
+
+
+def _shape_deps(v):
+    """Variables that all share ``v``'s shape by construction (empty: ``v`` is a root)."""
+    from tapegrad.ops.broadcast import BroadcastLike, SumLike
+
+    node = v.owner
+    if node is None:
+        return []
+    op = node.op
+    if isinstance(op, SumLike):
+        cands = [node.inputs[1]]
+    elif isinstance(op, (Elemwise, Cast, BroadcastLike)):
+        cands = [x for x in node.inputs if not _scalar_like(x, v.ndim)]
+    elif getattr(op, "code", None) in _VIEW_CODES:
+        cands = [node.inputs[0]]
+    elif getattr(op, "output_shape_of", None) is not None and v.index == 0:
+        cands = [node.inputs[op.output_shape_of]]
+    else:
+        return []
+    if not cands or any(x.ndim != v.ndim for x in cands):
+        return []
+    return cands
+
+
+_VIEW_CODES = {"ZERO_GRAD", "DISCONNECTED_GRAD", "CONSIDER_CONSTANT", "GRAD_CLIP", "GRAD_SCALE", "UNDEFINED_GRAD"}
 
 
 _BY_NAME = {s.name: Elemwise(s) for s in ELEMWISE}

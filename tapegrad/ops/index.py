@@ -296,6 +296,7 @@ class _BasicWrite(_BasicIndexOp):
     gives the shape; the result has ``y``'s dtype and is zero elsewhere).
     Basic indices never repeat a position, so set into zeros equals scatter.
     """
+    output_shape_of = 0  # output 0 has the run-time shape of input 0
 
     n_fixed = 2
     mode = "inc"
@@ -567,6 +568,7 @@ class _AdvancedWrite(_AdvancedOp):
     last write wins).  For the scatters ``x`` only gives the shape and the
     output has ``y``'s dtype.
     """
+    output_shape_of = 0  # output 0 has the run-time shape of input 0
 
     mode = "inc"
 

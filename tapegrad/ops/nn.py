@@ -59,6 +59,7 @@ class SumBroadcast(Op):
 
     Linear and symmetric (``S^T = S``), so ``L_op = S(g)`` and ``R_op = S(u)``.
     """
+    output_shape_of = 0  # output 0 has the run-time shape of input 0
 
     __props__ = ("axis",)
     kind = "linear"
@@ -91,6 +92,7 @@ class SumBroadcast(Op):
 # --------------------------------------------------------------------------- softmax, log_softmax
 class _Normalized(Op):
     """Shared parts of softmax and log_softmax (one float output shaped like ``x``)."""
+    output_shape_of = 0  # output 0 has the run-time shape of input 0
 
     __props__ = ("axis",)
     kind = "general"

@@ -237,6 +237,7 @@ class BroadcastReduced(Op):
     when ``mean``.  The transpose of :class:`Sum`/:class:`Mean`; ``x`` is only a shape
     reference (not connected).
     """
+    output_shape_of = 1  # output 0 has the run-time shape of input 1
 
     __props__ = ("axis", "keepdims", "mean", "ddof")
     kind = "linear"
