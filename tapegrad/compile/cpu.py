@@ -1,0 +1,404 @@
+"""The tier-0 CPU engine: one numba interpreter over flat arenas.
+
+``CPUEngine(tape).run(inputs, shared) -> (outputs, update_values)``.
+
+* **One compiled interpreter** (``_generated_dispatch.interp``, generated from
+  the registry, ``cache=True``) runs any tape: building or calling a new
+  function compiles nothing.
+* **Memory plan per input-shape signature** (:class:`Plan`): slot shapes come
+  from each op's ``infer_shape`` (in Python, once per signature); every slot
+  gets an offset in the arena of its dtype (float64, float32, int64, bool
+  arenas go to numba; other dtypes live in Python-only arenas), with buffers
+  reused by liveness.  Plans are cached in a dict keyed by the input shapes.
+* **Segments**: instructions with a native kernel for their dtypes run in one
+  interpreter call per run of consecutive native instructions; the others
+  (user ops = code 0, ops not yet native, unusual dtypes) run their NumPy
+  ``perform`` in Python between the compiled segments, reading and writing the
+  same arenas.
+* **Value-dependent shapes**: an instruction whose ``infer_shape`` raises
+  ``NotImplementedError`` is *dynamic*; each call first evaluates it and its
+  ancestors with ``perform`` (usually a few scalar shape ops) and keys the
+  plan on those output shapes as well.
+
+Returned arrays are fresh copies, never views of an arena.  An engine is not
+re-entrant: one call at a time per engine (arenas belong to the plan).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tapegrad.compile.kernels.core import (
+    H_ARGP, H_ARGS, H_CODES, H_FPP, H_ICD, H_IGRP, H_IP, H_IPP, H_OUTP, H_OUTS, H_SAK, H_SCONT, H_SND, H_SOFF, H_SSHP,
+    H_SSIZE, H_SSTR, KIND_OF_DTYPE, MAXD, NH,
+)
+from tapegrad.registry import CALLBACK, CODE_DTYPES, name_of
+
+_ALIGN = 8  # elements
+
+
+def _interp():
+    from tapegrad.compile import _generated_dispatch as g
+
+    return g.interp, g.NATIVE, g.GROUP
+
+
+class Plan:
+    """Slot shapes, arena layout and segments for one input-shape signature."""
+
+    def __init__(self, engine, shapes):
+        tape = engine.tape
+        self.engine = engine
+        self.shapes = shapes
+        n_slots = tape.n_slots
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        dtypes = engine.slot_dtypes
+        # ---- liveness
+        pinned = np.zeros(n_slots, bool)
+        for arr in (tape.input_slots, tape.const_slots, tape.shared_slots, tape.output_slots, tape.update_slots):
+            pinned[arr] = True
+        last_use = np.full(n_slots, -1, np.int64)
+        for k in range(len(tape)):
+            for s in tape.instr_args(k):
+                last_use[s] = k
+        # ---- allocation: one arena per dtype, best-fit reuse of freed blocks
+        offsets = np.zeros(n_slots, np.int64)
+        tops = {}
+        free = {}
+        placed = np.zeros(n_slots, bool)
+
+        def alloc(s):
+            dt = dtypes[s]
+            n = max(sizes[s], 1)
+            n = -(-n // _ALIGN) * _ALIGN
+            fl = free.setdefault(dt, [])
+            best = None
+            for i, (m, off) in enumerate(fl):
+                if m >= n and (best is None or m < fl[best][0]):
+                    best = i
+            if best is not None and fl[best][0] <= 2 * n:
+                m, off = fl.pop(best)
+                offsets[s] = off
+                return m
+            offsets[s] = tops.get(dt, 0)
+            tops[dt] = offsets[s] + n
+            return n
+
+        blocks = {}
+        for s in np.concatenate([tape.input_slots, tape.const_slots, tape.shared_slots]).astype(np.int64):
+            if not placed[s]:
+                blocks[s] = alloc(s)
+                placed[s] = True
+        for k in range(len(tape)):
+            for s in tape.instr_outs(k):
+                if not placed[s]:
+                    blocks[s] = alloc(s)
+                    placed[s] = True
+            dead = [s for s in tape.instr_args(k) if last_use[s] == k and not pinned[s]]
+            dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s]]
+            for s in set(int(s) for s in dead):
+                free.setdefault(dtypes[s], []).append((blocks[s], int(offsets[s])))
+        for s in range(n_slots):  # slots nobody writes (unused temps)
+            if not placed[s]:
+                blocks[s] = alloc(s)
+        self.arenas = {dt: np.zeros(max(top, 1), dtype=dt) for dt, top in tops.items()}
+        for dt in ("float64", "float32", "int64", "bool"):
+            self.arenas.setdefault(dt, np.zeros(1, dtype=dt))
+        self.offsets = offsets
+        self.sizes = sizes
+        self.native_arenas = tuple(self.arenas[d] for d in ("float64", "float32", "int64", "bool"))
+        # ---- meta: tape arrays + plan
+        shp = np.zeros((n_slots, MAXD), np.int64)
+        strd = np.zeros((n_slots, MAXD), np.int64)
+        for s, sh in enumerate(shapes):
+            st = 1
+            for d in range(len(sh) - 1, -1, -1):
+                if d < MAXD:
+                    shp[s, d] = sh[d]
+                    strd[s, d] = st
+                st *= sh[d]
+        sections = [None] * NH
+        sections[H_CODES] = tape.codes
+        sections[H_ARGP] = tape.arg_ptr
+        sections[H_ARGS] = tape.args
+        sections[H_OUTP] = tape.out_ptr
+        sections[H_OUTS] = tape.outs
+        sections[H_IPP] = tape.ip_ptr
+        sections[H_IP] = tape.iparams
+        sections[H_FPP] = tape.fp_ptr
+        sections[H_ICD] = engine.icd
+        sections[H_IGRP] = engine.igrp
+        sections[H_SAK] = engine.slot_kind_native
+        sections[H_SND] = tape.slot_ndim
+        sections[H_SOFF] = offsets
+        sections[H_SSIZE] = np.asarray(sizes, np.int64)
+        sections[H_SCONT] = np.ones(n_slots, np.int64)
+        sections[H_SSHP] = shp.ravel()
+        sections[H_SSTR] = strd.ravel()
+        lens = [len(a) for a in sections]
+        starts = NH + np.concatenate([[0], np.cumsum(lens)[:-1]])
+        meta = np.empty(NH + sum(lens), np.int64)
+        meta[:NH] = starts
+        for st, a in zip(starts, sections):
+            meta[st:st + len(a)] = a
+        self.meta = meta
+        # ---- views and constants
+        self._views = {}
+        for i, s in enumerate(tape.const_slots):
+            np.copyto(self.view(s), tape.consts[i], casting="unsafe")
+        self.in_views = [self.view(s) for s in tape.input_slots]
+        self.shared_views = [self.view(s) for s in tape.shared_slots]
+        self.out_views = [self.view(s) for s in tape.output_slots]
+        self.update_views = [self.view(s) for s in tape.update_slots]
+
+    def view(self, s):
+        """Writable array view of slot ``s`` in its arena."""
+        s = int(s)
+        v = self._views.get(s)
+        if v is None:
+            off = int(self.offsets[s])
+            v = self.arenas[self.engine.slot_dtypes[s]][off:off + self.sizes[s]].reshape(self.shapes[s])
+            self._views[s] = v
+        return v
+
+    def execute(self, inputs, shared, known=None):
+        for v, a in zip(self.in_views, inputs):
+            np.copyto(v, a, casting="unsafe")
+        for v, a in zip(self.shared_views, shared):
+            np.copyto(v, a, casting="unsafe")
+        engine = self.engine
+        interp = engine.interp
+        A = self.native_arenas
+        meta = self.meta
+        fp = engine.fparams
+        for seg in engine.segments:
+            if seg[0]:
+                rc = interp(meta, fp, seg[1], seg[2], A[0], A[1], A[2], A[3])
+                if rc != 0:
+                    k = -1 - rc
+                    raise RuntimeError(f"CPU engine: instruction {k} ({name_of(int(engine.tape.codes[k]))}) has no kernel "
+                                       f"for its dtypes")
+            else:
+                self._callback(seg[1], known)
+        outs = [v.copy() for v in self.out_views]
+        ups = [v.copy() for v in self.update_views]
+        return outs, ups
+
+    def _callback(self, k, known):
+        tape = self.engine.tape
+        out_slots = tape.instr_outs(k)
+        if known is not None and all(int(s) in known for s in out_slots):
+            results = [known[int(s)] for s in out_slots]
+        else:
+            ins = []
+            for s in tape.instr_args(k):
+                v = self.view(s).view()
+                v.flags.writeable = False
+                ins.append(v)
+            storage = [[None] for _ in out_slots]
+            op = tape.ops[k]
+            op.perform(self.engine.node(k), ins, storage)
+            results = [st[0] for st in storage]
+        for s, r in zip(out_slots, results):
+            r = np.asarray(r)
+            v = self.view(s)
+            if r.shape != v.shape:
+                raise ValueError(f"CPU engine: {tape.ops[k]} (instruction {k}) produced shape {r.shape} for "
+                                 f"{self.engine.slot_name(s)}, the plan expected {v.shape}")
+            np.copyto(v, r, casting="unsafe")
+
+
+class CPUEngine:
+    """Run a :class:`~tapegrad.tape.format.Tape` with the compiled interpreter."""
+
+    def __init__(self, tape):
+        self.tape = tape
+        self.interp, native, self._groups = _interp()
+        n = len(tape)
+        self.slot_dtypes = [CODE_DTYPES[int(c)] for c in tape.slot_dtype]
+        self.slot_kind_native = np.array([KIND_OF_DTYPE.get(d, -1) for d in self.slot_dtypes], np.int64)
+        self.fparams = np.ascontiguousarray(tape.fparams, np.float64)
+        self.icd = np.full(n, -1, np.int64)
+        self.igrp = np.zeros(n, np.int64)
+        self.native = np.zeros(n, bool)
+        for k in range(n):
+            cd = self._compute_kind(k, native)
+            if cd is not None:
+                self.icd[k] = cd
+                self.igrp[k] = self._groups.get((int(tape.codes[k]), cd), 0)
+                self.native[k] = True
+        self.segments = []
+        k = 0
+        while k < n:
+            if self.native[k]:
+                j = k
+                while j < n and self.native[j]:
+                    j += 1
+                self.segments.append((True, k, j))
+                k = j
+            else:
+                self.segments.append((False, k))
+                k += 1
+        self._plans = {}
+        self._standins = {}
+        self._dynamic = set()
+        self._producer = {}
+        for k in range(n):
+            for s in tape.instr_outs(k):
+                self._producer[int(s)] = k
+
+    # ---------------------------------------------------------------- nativeness
+    def _compute_kind(self, k, native):
+        """Compute kind of instruction ``k`` if a native kernel covers it, else None."""
+        tape = self.tape
+        code = int(tape.codes[k])
+        if code == CALLBACK or code not in native:
+            return None
+        slots = list(tape.instr_args(k)) + list(tape.instr_outs(k))
+        if any(self.slot_kind_native[s] < 0 or tape.slot_ndim[s] > MAXD for s in slots):
+            return None
+        if len(tape.instr_outs(k)) != 1:
+            return None
+        out_kind = int(self.slot_kind_native[tape.instr_outs(k)[0]])
+        op = tape.ops[k] if tape.ops else None
+        spec = getattr(op, "spec", None)
+        if spec is not None and getattr(op, "kind", None) == "elementwise":
+            if len(tape.instr_args(k)) != spec.nin:
+                return None
+            if spec.out == "bool":
+                dt = np.result_type(*[self.slot_dtypes[s] for s in tape.instr_args(k)]).name
+                cd = KIND_OF_DTYPE.get(dt)
+            else:
+                cd = out_kind
+        else:
+            cd = out_kind
+            if name_of(code) == "SUM_LIKE" and self.slot_kind_native[tape.instr_args(k)[0]] != out_kind:
+                return None
+        if cd is None or cd not in native[code]:
+            return None
+        if spec is not None and (code, cd) not in self._groups:
+            return None
+        return cd
+
+    def native_codes(self):
+        """``{name: count}`` of native instructions and of callback instructions in this tape."""
+        nat, cb = {}, {}
+        for k in range(len(self.tape)):
+            name = name_of(int(self.tape.codes[k]))
+            d = nat if self.native[k] else cb
+            d[name] = d.get(name, 0) + 1
+        return nat, cb
+
+    def node(self, k):
+        """The Apply of instruction ``k`` (a stand-in with typed variables when the tape lost its graph)."""
+        node = self.tape.nodes[k] if k < len(self.tape.nodes) else None
+        if node is None:
+            node = self._standins.get(k)
+        if node is None:
+            from tapegrad.compile.reference import _Node, _slot_variable
+
+            t = self.tape
+            node = _Node(t.ops[k], [_slot_variable(t, int(s)) for s in t.instr_args(k)],
+                         [_slot_variable(t, int(s)) for s in t.instr_outs(k)])
+            self._standins[k] = node
+        return node
+
+    def slot_name(self, s):
+        names = self.tape.slot_names
+        return names[s] if names and s < len(names) and names[s] else f"slot {s}"
+
+    # ---------------------------------------------------------------- running
+    def run(self, input_arrays, shared_arrays=()):
+        tape = self.tape
+        inputs = [np.asarray(a) for a in input_arrays]
+        shared = [np.asarray(a) for a in shared_arrays]
+        if len(inputs) != len(tape.input_slots):
+            raise TypeError(f"CPU engine: expected {len(tape.input_slots)} inputs, got {len(inputs)}")
+        if len(shared) != len(tape.shared_slots):
+            raise TypeError(f"CPU engine: expected {len(tape.shared_slots)} shared values, got {len(shared)}")
+        key = tuple(a.shape for a in inputs) + tuple(a.shape for a in shared)
+        while True:
+            known = None
+            full_key = key
+            if self._dynamic:
+                known = self._prepass(inputs, shared)
+                full_key = key + tuple(known[s].shape for s in sorted(known))
+            plan = self._plans.get(full_key)
+            if plan is None:
+                try:
+                    shapes = self._infer_shapes(inputs, shared, known)
+                except _Dynamic as d:
+                    self._dynamic.add(d.k)
+                    continue
+                plan = self._plans[full_key] = Plan(self, shapes)
+            return plan.execute(inputs, shared, known)
+
+    def _infer_shapes(self, inputs, shared, known):
+        tape = self.tape
+        shapes = [None] * tape.n_slots
+        for s, a in zip(tape.input_slots, inputs):
+            if a.ndim != tape.slot_ndim[s]:
+                raise ValueError(f"CPU engine: input {self.slot_name(s)} expects {tape.slot_ndim[s]} dimension(s), "
+                                 f"got shape {a.shape}")
+            shapes[s] = a.shape
+        for s, a in zip(tape.shared_slots, shared):
+            shapes[s] = a.shape
+        for s, c in zip(tape.const_slots, tape.consts):
+            shapes[s] = np.shape(c)
+        for k in range(len(tape)):
+            outs = tape.instr_outs(k)
+            if known is not None and all(int(s) in known for s in outs):
+                res = [known[int(s)].shape for s in outs]
+            elif k in self._dynamic:
+                raise _Dynamic(k)
+            else:
+                op = tape.ops[k]
+                node = self.node(k)
+                try:
+                    res = op.infer_shape(node, [shapes[s] for s in tape.instr_args(k)])
+                except NotImplementedError:
+                    raise _Dynamic(k) from None
+            for s, sh in zip(outs, res):
+                sh = tuple(int(n) for n in sh)
+                if len(sh) != tape.slot_ndim[s]:
+                    raise ValueError(f"CPU engine: {tape.ops[k]}.infer_shape gave {sh} for {self.slot_name(s)} "
+                                     f"of rank {tape.slot_ndim[s]}")
+                shapes[s] = sh
+        for s in range(tape.n_slots):
+            if shapes[s] is None:
+                shapes[s] = tuple(0 for _ in range(tape.slot_ndim[s]))
+        return shapes
+
+    def _prepass(self, inputs, shared):
+        """Values of the dynamic instructions' outputs (and their ancestors), by ``perform``."""
+        tape = self.tape
+        need = set()
+        stack = list(self._dynamic)
+        while stack:
+            k = stack.pop()
+            if k in need:
+                continue
+            need.add(k)
+            for s in tape.instr_args(k):
+                p = self._producer.get(int(s))
+                if p is not None:
+                    stack.append(p)
+        env = {}
+        for s, a in zip(tape.input_slots, inputs):
+            env[int(s)] = a.astype(self.slot_dtypes[s], copy=False)
+        for s, a in zip(tape.shared_slots, shared):
+            env[int(s)] = a
+        for s, c in zip(tape.const_slots, tape.consts):
+            env[int(s)] = np.asarray(c)
+        known = {}
+        for k in sorted(need):
+            storage = [[None] for _ in tape.instr_outs(k)]
+            tape.ops[k].perform(self.node(k), [env[int(s)] for s in tape.instr_args(k)], storage)
+            for s, st in zip(tape.instr_outs(k), storage):
+                env[int(s)] = known[int(s)] = np.asarray(st[0])
+        return known
+
+
+class _Dynamic(Exception):
+    def __init__(self, k):
+        self.k = k
