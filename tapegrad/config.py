@@ -21,7 +21,7 @@ class _Config:
     def __init__(self):
         self._floatX = "float64"
         self.nan_guard = False
-        self.device = "python"
+        self.device = "cpu"
 
     @property
     def floatX(self):

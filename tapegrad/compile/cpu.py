@@ -32,6 +32,8 @@ from tapegrad.compile.kernels.core import (
     H_ARGP, H_ARGS, H_CODES, H_FPP, H_ICD, H_IGRP, H_IP, H_IPP, H_OUTP, H_OUTS, H_SAK, H_SCONT, H_SND, H_SOFF, H_SSHP,
     H_SSIZE, H_SSTR, KIND_OF_DTYPE, MAXD, NH,
 )
+from tapegrad.compile.kernels.steps import (STEP_CODES, VIEW_CODES, is_contiguous, make_step, row_major, strided,
+                                            view_layout)
 from tapegrad.registry import CALLBACK, CODE_DTYPES, name_of
 
 _ALIGN = 8  # elements
@@ -53,19 +55,45 @@ class Plan:
         n_slots = tape.n_slots
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         dtypes = engine.slot_dtypes
-        # ---- liveness
+        # ---- views: instructions whose output aliases its input's storage (no copy, no run-time work)
+        #      layout[s] = (root slot, element offset from the root's start, element strides)
         pinned = np.zeros(n_slots, bool)
         for arr in (tape.input_slots, tape.const_slots, tape.shared_slots, tape.output_slots, tape.update_slots):
             pinned[arr] = True
+        layout = {}
+        self.view_of = {}  # view instruction k -> its output slot
+        for k in range(len(tape)):
+            if not engine.view_ok[k]:
+                continue
+            (o,) = tape.instr_outs(k)
+            x = int(tape.instr_args(k)[0])
+            o = int(o)
+            if pinned[o] or dtypes[o] != dtypes[x] or sizes[o] == 0 or len(shapes[o]) > MAXD:
+                continue
+            root, off, st = layout.get(x, (x, 0, row_major(shapes[x])))
+            r = view_layout(tape.ops[k], tuple(shapes[x]), st, tuple(shapes[o]))
+            if r is None:
+                continue
+            layout[o] = (root, off + r[0], tuple(r[2]))
+            self.view_of[k] = o
+        # ---- liveness (a view's root lives until the view's last use)
         last_use = np.full(n_slots, -1, np.int64)
         for k in range(len(tape)):
             for s in tape.instr_args(k):
                 last_use[s] = k
+        for o, (root, _, _) in layout.items():
+            last_use[root] = max(last_use[root], last_use[o])
+        is_view = np.zeros(n_slots, bool)
+        is_view[list(layout)] = True
+        dies_at = {}
+        for s in range(n_slots):
+            if not pinned[s] and not is_view[s] and last_use[s] >= 0:
+                dies_at.setdefault(int(last_use[s]), []).append(s)
         # ---- allocation: one arena per dtype, best-fit reuse of freed blocks
         offsets = np.zeros(n_slots, np.int64)
         tops = {}
         free = {}
-        placed = np.zeros(n_slots, bool)
+        placed = is_view.copy()
 
         def alloc(s):
             dt = dtypes[s]
@@ -94,13 +122,16 @@ class Plan:
                 if not placed[s]:
                     blocks[s] = alloc(s)
                     placed[s] = True
-            dead = [s for s in tape.instr_args(k) if last_use[s] == k and not pinned[s]]
-            dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s]]
+            dead = list(dies_at.get(k, ()))
+            dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s] and not is_view[s]]
             for s in set(int(s) for s in dead):
                 free.setdefault(dtypes[s], []).append((blocks[s], int(offsets[s])))
         for s in range(n_slots):  # slots nobody writes (unused temps)
             if not placed[s]:
                 blocks[s] = alloc(s)
+        for o, (root, off, _) in layout.items():
+            offsets[o] = offsets[root] + off
+        self.layout = layout
         self.arenas = {dt: np.zeros(max(top, 1), dtype=dt) for dt, top in tops.items()}
         for dt in ("float64", "float32", "int64", "bool"):
             self.arenas.setdefault(dt, np.zeros(1, dtype=dt))
@@ -110,13 +141,14 @@ class Plan:
         # ---- meta: tape arrays + plan
         shp = np.zeros((n_slots, MAXD), np.int64)
         strd = np.zeros((n_slots, MAXD), np.int64)
+        cont = np.ones(n_slots, np.int64)
         for s, sh in enumerate(shapes):
-            st = 1
-            for d in range(len(sh) - 1, -1, -1):
-                if d < MAXD:
-                    shp[s, d] = sh[d]
-                    strd[s, d] = st
-                st *= sh[d]
+            st = layout[s][2] if s in layout else row_major(sh)
+            if s in layout and not is_contiguous(sh, st):
+                cont[s] = 0
+            for d in range(min(len(sh), MAXD)):
+                shp[s, d] = sh[d]
+                strd[s, d] = st[d]
         sections = [None] * NH
         sections[H_CODES] = tape.codes
         sections[H_ARGP] = tape.arg_ptr
@@ -132,7 +164,7 @@ class Plan:
         sections[H_SND] = tape.slot_ndim
         sections[H_SOFF] = offsets
         sections[H_SSIZE] = np.asarray(sizes, np.int64)
-        sections[H_SCONT] = np.ones(n_slots, np.int64)
+        sections[H_SCONT] = cont
         sections[H_SSHP] = shp.ravel()
         sections[H_SSTR] = strd.ravel()
         lens = [len(a) for a in sections]
@@ -150,6 +182,49 @@ class Plan:
         self.shared_views = [self.view(s) for s in tape.shared_slots]
         self.out_views = [self.view(s) for s in tape.output_slots]
         self.update_views = [self.view(s) for s in tape.update_slots]
+        self._build_steps()
+
+    def _build_steps(self):
+        """One no-argument callable per segment: interpreter runs, prebound native steps, callbacks."""
+        engine = self.engine
+        tape = engine.tape
+        interp = engine.interp
+        A0, A1, A2, A3 = self.native_arenas
+        meta, fp = self.meta, engine.fparams
+        self.steps = []
+        self.kinds = {}
+        for seg in engine.segments:
+            if seg[0]:
+                k0, k1 = seg[1], seg[2]
+
+                def run(k0=k0, k1=k1):
+                    rc = interp(meta, fp, k0, k1, A0, A1, A2, A3)
+                    if rc != 0:
+                        k = -1 - rc
+                        raise RuntimeError(f"CPU engine: instruction {k} ({name_of(int(tape.codes[k]))}) has no "
+                                           f"kernel for its dtypes")
+                self.steps.append(run)
+                for k in range(k0, k1):
+                    self.kinds[k] = "interp"
+                continue
+            k = seg[1]
+            if k in self.view_of:
+                self.kinds[k] = "view"
+                continue
+            step = None
+            if engine.step_ok[k] and k not in engine._dynamic:
+                try:
+                    step = make_step(name_of(int(tape.codes[k])), tape.ops[k], engine.node(k),
+                                     [self.view(s) for s in tape.instr_args(k)],
+                                     [self.view(s) for s in tape.instr_outs(k)])
+                except Exception:  # an unusual case the step does not cover: perform decides
+                    step = None
+            if step is not None:
+                self.kinds[k] = "step"
+                self.steps.append(step)
+            else:
+                self.kinds[k] = "callback"
+                self.steps.append(lambda k=k: self._callback(k, self._known))
 
     def view(self, s):
         """Writable array view of slot ``s`` in its arena."""
@@ -157,7 +232,11 @@ class Plan:
         v = self._views.get(s)
         if v is None:
             off = int(self.offsets[s])
-            v = self.arenas[self.engine.slot_dtypes[s]][off:off + self.sizes[s]].reshape(self.shapes[s])
+            arena = self.arenas[self.engine.slot_dtypes[s]]
+            if s in self.layout:
+                v = strided(arena, off, self.shapes[s], self.layout[s][2])
+            else:
+                v = arena[off:off + self.sizes[s]].reshape(self.shapes[s])
             self._views[s] = v
         return v
 
@@ -166,20 +245,9 @@ class Plan:
             np.copyto(v, a, casting="unsafe")
         for v, a in zip(self.shared_views, shared):
             np.copyto(v, a, casting="unsafe")
-        engine = self.engine
-        interp = engine.interp
-        A = self.native_arenas
-        meta = self.meta
-        fp = engine.fparams
-        for seg in engine.segments:
-            if seg[0]:
-                rc = interp(meta, fp, seg[1], seg[2], A[0], A[1], A[2], A[3])
-                if rc != 0:
-                    k = -1 - rc
-                    raise RuntimeError(f"CPU engine: instruction {k} ({name_of(int(engine.tape.codes[k]))}) has no kernel "
-                                       f"for its dtypes")
-            else:
-                self._callback(seg[1], known)
+        self._known = known
+        for step in self.steps:
+            step()
         outs = [v.copy() for v in self.out_views]
         ups = [v.copy() for v in self.update_views]
         return outs, ups
@@ -227,6 +295,14 @@ class CPUEngine:
                 self.icd[k] = cd
                 self.igrp[k] = self._groups.get((int(tape.codes[k]), cd), 0)
                 self.native[k] = True
+        # instructions outside the interpreter that may alias their input or run as a prebound native step
+        names = [name_of(int(c)) for c in tape.codes]
+        self.view_ok = [not self.native[k] and names[k] in VIEW_CODES and bool(tape.ops) and tape.ops[k] is not None
+                        and len(tape.instr_outs(k)) == 1 and len(tape.instr_args(k)) >= 1 for k in range(n)]
+        self.step_ok = [not self.native[k] and names[k] in STEP_CODES and bool(tape.ops)
+                        and tape.ops[k] is not None
+                        for k in range(n)]
+        self._last_plan = None
         self.segments = []
         k = 0
         while k < n:
@@ -281,11 +357,14 @@ class CPUEngine:
         return cd
 
     def native_codes(self):
-        """``{name: count}`` of native instructions and of callback instructions in this tape."""
+        """``{name: count}`` of native instructions (interpreter, views, prebound native steps) and of
+        callback instructions (NumPy ``perform``) in this tape, as the last call's plan ran them."""
         nat, cb = {}, {}
+        plan = self._last_plan
         for k in range(len(self.tape)):
             name = name_of(int(self.tape.codes[k]))
-            d = nat if self.native[k] else cb
+            native = self.native[k] if plan is None else plan.kinds.get(k) != "callback"
+            d = nat if native else cb
             d[name] = d.get(name, 0) + 1
         return nat, cb
 
@@ -331,6 +410,7 @@ class CPUEngine:
                     self._dynamic.add(d.k)
                     continue
                 plan = self._plans[full_key] = Plan(self, shapes)
+            self._last_plan = plan
             return plan.execute(inputs, shared, known)
 
     def _infer_shapes(self, inputs, shared, known):

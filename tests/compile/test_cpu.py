@@ -235,3 +235,117 @@ def test_rosenbrock_value_matches_numpy():
     xv = rand((10_000,), "float64")
     (got,), _ = CPUEngine(tape).run([xv], [])
     np.testing.assert_allclose(got, 100 * (xv - xv**2) ** 2 + (1 - xv) ** 2, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- native steps and views
+import tapegrad as tg  # noqa: E402
+from tapegrad.ops.linalg import Einsum  # noqa: E402
+from tapegrad.ops.reduce import BroadcastReduced  # noqa: E402
+
+
+def _all_native(cpu):
+    nat, cb = cpu.native_codes()
+    assert cb == {}, cb
+    return nat
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (0, 4, 2), (1, 1, 1)])
+def test_reductions_native(dtype, shape):
+    x = var(dtype, 3, "x")
+    outs = [O.sum(x), O.sum(x, axis=1), O.sum(x, axis=(0, 2), keepdims=True), O.mean(x, axis=-1),
+            O.mean(x), tg.sum(x, axis=(0, 1)), BroadcastReduced(1, False, True, 0)(O.sum(x, axis=1), x),
+            BroadcastReduced(None, False)(O.sum(x), x), BroadcastReduced((0, 2), True)(O.sum(x, (0, 2), True), x)]
+    if 0 not in shape:
+        outs += [O.max(x, axis=1), O.min(x), O.max(x, axis=(0, 2), keepdims=True)]
+    cpu, got, want = run_both([x], outs, [rand(shape, dtype)])
+    assert_same(got, want)
+    nat = _all_native(cpu)
+    assert {"SUM", "MEAN", "BROADCAST_REDUCED"} <= set(nat)
+
+
+def test_fills_native():
+    x = var("float64", 2, "x")
+    outs = [O.zeros_like(x) + x, O.ones_like(x, dtype="float32"), tg.alloc(tg.sum(x), 2, 3), tg.alloc(x[0], 4, 3)]
+    cpu, got, want = run_both([x], outs, [rand((5, 3), "float64")])
+    assert_same(got, want)
+    assert {"ZEROS_LIKE", "ONES_LIKE", "ALLOC"} <= set(_all_native(cpu))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64"])
+def test_views_feed_elementwise_and_reductions(dtype):
+    x = var(dtype, 2, "x")
+    a = x[1:, ::2] * 2 + x[:-1, ::-2]          # strided and negative-step slices
+    b = tg.transpose(x) + 1                      # dimshuffle view, non-contiguous gather
+    c = tg.sum(x[::2, 1:], axis=0)                # reduction over a strided view
+    d = tg.reshape(x, (5, 6)) + 0                # reshape of a contiguous input
+    e = tg.flatten(x[1:]) + x[0, 0]              # flatten of a contiguous slice, int-indexed 0-d view
+    f = tg.dimshuffle(x[:, 1], ("x", 0)) * x[None, :, 1]
+    g = x[::-1]                                   # a view that is an output: copied, not aliased
+    cpu, got, want = run_both([x], [a, b, c, d, e, f, g], [rand((6, 5), dtype)])
+    assert_same(got, want)
+    plan = cpu._last_plan
+    assert "view" in plan.kinds.values()
+    assert not any(s in plan.layout for s in cpu.tape.output_slots)
+    _all_native(cpu)
+
+
+def test_view_base_stays_alive():
+    """A view of a temporary keeps the temporary's block from reuse until the view's last use."""
+    x = var("float64", 1, "x")
+    t = O.exp(x)
+    v = t[::2]
+    z = x
+    for i in range(6):  # temporaries that would reuse t's block if it were freed early
+        z = O.sin(z) * (i + 1) + O.cos(z)
+    y = O.sum(z[::2]) + v * 3
+    cpu, got, want = run_both([x], [y], [rand((101,), "float64")])
+    assert_same(got, want)
+    # run twice on the same plan: the arenas are reused
+    got2, _ = cpu.run([rand((101,), "float64")], [])
+    assert got2[0].shape == (51,)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_writes_native(dtype):
+    x, y = var(dtype, 2, "x"), var(dtype, 1, "y")
+    outs = [O.inc_subtensor(x[1:, 2], y[:3]), O.set_subtensor(x[::2], y), tg.grad(tg.sum(x[1:, ::2] ** 2), x)]
+    cpu, got, want = run_both([x, y], outs, [rand((4, 5), dtype), rand((5,), dtype)])
+    assert_same(got, want)
+    assert {"SUBTENSOR_SCATTER"} <= set(_all_native(cpu))
+
+
+EINSUMS = [("ij,jk->ik", (3, 4), (4, 5)), ("ij,kj->ik", (3, 4), (5, 4)), ("ji,jk->ik", (4, 3), (4, 5)),
+           ("i,j->ij", (3,), (4,)), ("ik,ij->jk", (4, 3), (4, 5)), ("ij,j->i", (3, 4), (4,)), ("j,j->", (4,), (4,)),
+           ("...ij,...jk->...ik", (2, 3, 4), (2, 4, 5)), ("...ij,...kj->...ik", (2, 3, 4), (1, 5, 4)),
+           ("...ji,...jk->...ik", (2, 4, 3), (4, 5)), ("...ik,...jk->...ij", (2, 3, 5), (2, 4, 5)),
+           ("ij,jk->ki", (3, 4), (4, 5)), ("ijk,jk->i", (3, 4, 2), (4, 2)), ("ij,jk->ik", (0, 4), (4, 5)),
+           ("ij,jk->ik", (3, 0), (0, 5))]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec,sa,sb", EINSUMS)
+def test_einsum_as_matmul(spec, sa, sb, dtype):
+    a, b = var(dtype, len(sa), "a"), var(dtype, len(sb), "b")
+    y = Einsum(spec)(a, b)
+    cpu, got, want = run_both([a, b], [y, Einsum(spec)(a[::-1], b) if sa[0] else y], [rand(sa, dtype), rand(sb, dtype)])
+    assert_same(got, want)
+    assert "EINSUM" in _all_native(cpu)
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)), ((), (3, 2))])
+def test_dot_and_matmul_native(sa, sb):
+    a, b = var("float64", len(sa), "a"), var("float64", len(sb), "b")
+    outs = [O.dot(a, b)] + ([O.matmul(a, b)] if sa and sb else [])
+    cpu, got, want = run_both([a, b], outs, [rand(sa, "float64"), rand(sb, "float64")])
+    assert_same(got, want)
+    _all_native(cpu)
+
+
+def test_batched_matmul_and_mlp_grads_native():
+    a, b = var("float64", 3, "a"), var("float64", 2, "b")
+    y = O.matmul(a, b)
+    ga, gb = tg.grad(tg.sum(O.tanh(y) ** 2), [a, b])
+    cpu, got, want = run_both([a, b], [y, ga, gb], [rand((2, 3, 4), "float64"), rand((4, 5), "float64")])
+    assert_same(got, want)
+    _all_native(cpu)
