@@ -69,6 +69,7 @@ from tapegrad import gradient, printing  # noqa: F401
 from tapegrad.compile.function import Function, function  # noqa: F401
 from tapegrad.testing import GradientError, numeric_grad, verify_grad  # noqa: F401
 from tapegrad.sparse import sparse_hessian, sparse_jacobian  # noqa: F401
+from tapegrad.ecosystem import scipy_objective  # noqa: F401
 import tapegrad.linalg as linalg  # noqa: E402  (the public namespace, not tapegrad.ops.linalg)
 
 __version__ = "0.1.0"
