@@ -424,10 +424,16 @@ def _rename_copy(g):
 
 
 # --------------------------------------------------------------------------- Lop / Rop
+def _names(seq):
+    return "[" + ", ".join("None" if v is None else _describe(v) if isinstance(v, Variable) else repr(v)
+                           for v in seq) + "]"
+
+
 def _check_eval_points(f, points, what):
     if len(f) != len(points):
         raise ValueError(
-            f"{what}: {len(f)} variable(s) but {len(points)} eval_point(s); they must match one to one"
+            f"{what}: {len(f)} variable(s) {_names(f)} but {len(points)} eval_point(s) {_names(points)}; "
+            "they must match one to one"
         )
     out = []
     for i, (v, p) in enumerate(zip(f, points)):
@@ -487,7 +493,8 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
     _check_vars(wrt_list, "Rop: wrt")
     if len(wrt_list) != len(_as_list(eval_points)):
         raise ValueError(
-            f"Rop: `wrt` must be the same length as `eval_points` ({len(wrt_list)} != {len(_as_list(eval_points))})"
+            f"Rop: `wrt` must be the same length as `eval_points` ({len(wrt_list)} != "
+            f"{len(_as_list(eval_points))}): wrt {_names(wrt_list)}, eval_points {_names(_as_list(eval_points))}"
         )
     points = _check_eval_points(wrt_list, _as_list(eval_points), "Rop")
     if disconnected_outputs not in ("ignore", "warn", "raise"):

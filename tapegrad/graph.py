@@ -107,6 +107,10 @@ class TensorType(Type):
         if isinstance(value, Variable):
             raise TypeError(f"{name}: expected a value, got the symbolic variable {value}")
         arr = np.asarray(value)
+        if isinstance(value, (list, tuple)) and arr.dtype.kind == "f" and self.dtype in FLOAT_DTYPES:
+            cast = arr.astype(self.dtype)
+            if np.array_equal(cast, arr, equal_nan=True):
+                arr = cast  # Python floats that the cast keeps exactly (as Aesara accepts)
         if arr.dtype == object:
             raise TypeError(f"{name}: cannot convert {type(value).__name__} to a {self.dtype} array")
         if arr.dtype.name != self.dtype:

@@ -95,13 +95,6 @@ def test_castable_values_are_accepted():
         f(x, [3], [1.0])  # a Variable is not a value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="tapegrad.graph.TensorType.filter converts lists with np.asarray first, so a list of Python floats "
-    "is float64 and is refused by a float32 input even when the values are exact; Aesara accepts lists "
-    "(and tuples) whose values survive the cast unchanged and refuses only lossy ones",
-)
 def test_exact_list_of_python_floats_into_float32_input():
     xf = tg.fvector("xf")
     out = fn([xf], xf * 2)([0.5, 1.0, 2.0])
@@ -236,16 +229,10 @@ def test_rop_lop_eval_point_count_mismatch():
     x, y, u = tg.vector("x"), tg.vector("y"), tg.vector("u")
     with pytest.raises(ValueError, match=r"Rop.*\(2 != 1\)"):
         tg.Rop(x * y, [x, y], [u])
-    with pytest.raises(ValueError, match=r"Lop: 2 variable\(s\) but 1 eval_point\(s\)"):
+    with pytest.raises(ValueError, match=r"Lop: 2 variable\(s\) .* but 1 eval_point\(s\)"):
         tg.Lop([x * 2, y * 2], x, [u])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="tapegrad.gradient.Rop and _check_eval_points report only the counts ('(2 != 1)'), "
-    "not which variables and eval points were given",
-)
 def test_rop_lop_eval_point_count_mismatch_names_the_variables():
     alpha, beta, u_alpha = tg.vector("alpha"), tg.vector("beta"), tg.vector("u_alpha")
     with pytest.raises(ValueError) as e:
