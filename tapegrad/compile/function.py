@@ -51,7 +51,45 @@ def _make_engine(cls, tape, **options):
         params = {}
     accepts_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in options.items() if v is not None and (accepts_all or k in params)}
-    return cls(tape, **kwargs)
+    engine = cls(tape, **kwargs)
+    if options.get("nan_guard") and "nan_guard" not in kwargs:
+        engine = _NanGuard(engine, tape)
+    return engine
+
+
+class _NanGuard:
+    """``nan_guard`` for engines without a per-instruction check of their own.
+
+    The engine runs at full speed; when an output or update holds NaN/inf, the
+    call is replayed on the reference engine with its per-instruction guard,
+    which raises ``FloatingPointError`` naming the first op that turned finite
+    inputs into NaN/inf (forward code and the derivative code in the tape
+    alike).  A NaN that never reaches an output is not reported on this path.
+    """
+
+    def __init__(self, engine, tape):
+        from tapegrad.compile.reference import ReferenceEngine
+
+        self.engine = engine
+        self.reference = ReferenceEngine(tape, nan_guard=True)
+
+    def run(self, input_arrays, shared_arrays, **kwargs):
+        outputs, updates = self.engine.run(input_arrays, shared_arrays, **kwargs)
+        if any(_non_finite(v) for v in list(outputs) + list(updates)):
+            self.reference.run([_host(v) for v in input_arrays], [_host(v) for v in shared_arrays])
+        return outputs, updates
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def _host(v):
+    return v.copy_to_host() if hasattr(v, "copy_to_host") else v
+
+
+def _non_finite(v):
+    v = _host(v)
+    return np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()
 
 
 def _as_list(outputs):

@@ -173,4 +173,12 @@ class ReferenceEngine:
             return a.dtype.kind == "f" and not np.all(np.isfinite(a))
 
         if any(bad(o) for o in outs) and not any(bad(np.asarray(i)) for i in ins):
-            raise FloatingPointError(f"nan_guard: NaN or inf produced from finite inputs\n{self._where(k)}")
+            op, node, args, _ = self._plan[k]
+            shapes = ", ".join(f"{self.tape.slot_names[s]}: {np.shape(i)}" for s, i in zip(args, ins))
+            made = next(v for v in outs if bad(v))
+            what = "NaN" if np.isnan(made).any() else "inf"
+            user = [o.name for o in getattr(node, "outputs", []) if getattr(o, "name", None)]
+            named = f" (variable {', '.join(user)})" if user else ""
+            raise FloatingPointError(
+                f"nan_guard: {op}{named} produced {what} from finite inputs of shapes {shapes}\n{self._where(k)}"
+            )
