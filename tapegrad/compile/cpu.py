@@ -15,6 +15,12 @@
   (user ops = code 0, ops not yet native, unusual dtypes) run their NumPy
   ``perform`` in Python between the compiled segments, reading and writing the
   same arenas.
+* **Plan-time values**: SHAPE/SHAPE_I outputs (and cheap ops of them and of
+  small constants: SUBTENSOR, JOIN, EYE, integer elementwise, ...) are computed
+  once per plan and written into pinned arena slots; those instructions do not
+  run at call time, and value-dependent shapes that only need them (RESHAPE to
+  ``x.shape``-derived shapes, EYE(n), MAP_ROWS via ``infer_shape_values``) are
+  known without a pre-pass.
 * **Value-dependent shapes**: an instruction whose ``infer_shape`` raises
   ``NotImplementedError`` is *dynamic*; each call first evaluates it and its
   ancestors with ``perform`` (usually a few scalar shape ops) and keys the
@@ -48,10 +54,15 @@ def _interp():
 class Plan:
     """Slot shapes, arena layout and segments for one input-shape signature."""
 
-    def __init__(self, engine, shapes):
+    def __init__(self, engine, shapes, values=None, const_instrs=()):
         tape = engine.tape
         self.engine = engine
         self.shapes = shapes
+        # plan-time values: slot -> ndarray known from the input shapes alone (SHAPE, SHAPE_I, and cheap ops of
+        # them); the instructions in ``const_instrs`` are not run: their outputs are written once, below
+        self.values = dict(values or {})
+        self.const_instrs = frozenset(const_instrs)
+        const_out = [int(s) for k in self.const_instrs for s in tape.instr_outs(k)]
         n_slots = tape.n_slots
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         dtypes = engine.slot_dtypes
@@ -60,6 +71,7 @@ class Plan:
         pinned = np.zeros(n_slots, bool)
         for arr in (tape.input_slots, tape.const_slots, tape.shared_slots, tape.output_slots, tape.update_slots):
             pinned[arr] = True
+        pinned[const_out] = True
         layout = {}
         self.view_of = {}  # view instruction k -> its output slot
         for k in range(len(tape)):
@@ -113,7 +125,7 @@ class Plan:
             return n
 
         blocks = {}
-        for s in np.concatenate([tape.input_slots, tape.const_slots, tape.shared_slots]).astype(np.int64):
+        for s in np.concatenate([tape.input_slots, tape.const_slots, tape.shared_slots, const_out]).astype(np.int64):
             if not placed[s]:
                 blocks[s] = alloc(s)
                 placed[s] = True
@@ -178,6 +190,8 @@ class Plan:
         self._views = {}
         for i, s in enumerate(tape.const_slots):
             np.copyto(self.view(s), tape.consts[i], casting="unsafe")
+        for s in const_out:
+            np.copyto(self.view(s), self.values[s], casting="unsafe")
         self.in_views = [self.view(s) for s in tape.input_slots]
         self.shared_views = [self.view(s) for s in tape.shared_slots]
         self.out_views = [self.view(s) for s in tape.output_slots]
@@ -208,6 +222,9 @@ class Plan:
                     self.kinds[k] = "interp"
                 continue
             k = seg[1]
+            if k in self.const_instrs:
+                self.kinds[k] = "const"
+                continue
             if k in self.view_of:
                 self.kinds[k] = "view"
                 continue
@@ -216,7 +233,8 @@ class Plan:
                 try:
                     step = make_step(name_of(int(tape.codes[k])), tape.ops[k], engine.node(k),
                                      [self.view(s) for s in tape.instr_args(k)],
-                                     [self.view(s) for s in tape.instr_outs(k)])
+                                     [self.view(s) for s in tape.instr_outs(k)],
+                                     known=[self.values.get(int(s)) for s in tape.instr_args(k)])
                 except Exception:  # an unusual case the step does not cover: perform decides
                     step = None
             if step is not None:
@@ -296,7 +314,7 @@ class CPUEngine:
                 self.igrp[k] = self._groups.get((int(tape.codes[k]), cd), 0)
                 self.native[k] = True
         # instructions outside the interpreter that may alias their input or run as a prebound native step
-        names = [name_of(int(c)) for c in tape.codes]
+        names = self.names = [name_of(int(c)) for c in tape.codes]
         self.view_ok = [not self.native[k] and names[k] in VIEW_CODES and bool(tape.ops) and tape.ops[k] is not None
                         and len(tape.instr_outs(k)) == 1 and len(tape.instr_args(k)) >= 1 for k in range(n)]
         self.step_ok = [not self.native[k] and names[k] in STEP_CODES and bool(tape.ops)
@@ -409,11 +427,16 @@ class CPUEngine:
                 except _Dynamic as d:
                     self._dynamic.add(d.k)
                     continue
-                plan = self._plans[full_key] = Plan(self, shapes)
+                values, const_instrs = self._plan_values
+                plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs)
             self._last_plan = plan
             return plan.execute(inputs, shared, known)
 
-    def _infer_shapes(self, inputs, shared, known):
+    def _infer_shapes(self, inputs, shared, known, input_values=None):
+        """Slot shapes for these inputs (``input_values``: per input, its value where a caller knows it, else
+        None: then only the input's shape matters); also sets ``self._plan_values``: ``(values, const_instrs)``, the
+        slot values known from the input shapes alone (SHAPE, SHAPE_I and cheap ops of known values) and the
+        non-native instructions they make unnecessary at run time."""
         tape = self.tape
         shapes = [None] * tape.n_slots
         for s, a in zip(tape.input_slots, inputs):
@@ -423,21 +446,51 @@ class CPUEngine:
             shapes[s] = a.shape
         for s, a in zip(tape.shared_slots, shared):
             shapes[s] = a.shape
+        vals = {}
         for s, c in zip(tape.const_slots, tape.consts):
             shapes[s] = np.shape(c)
+            if np.size(c) <= _PLAN_VALUE_LIMIT:
+                vals[int(s)] = np.asarray(c)
+        for s, v in zip(tape.input_slots, input_values or ()):
+            if v is not None:
+                vals[int(s)] = np.asarray(v)
+        const_instrs = []
+        self._plan_values = (vals, const_instrs)
         for k in range(len(tape)):
             outs = tape.instr_outs(k)
+            args = tape.instr_args(k)
+            res = None
             if known is not None and all(int(s) in known for s in outs):
                 res = [known[int(s)].shape for s in outs]
-            elif k in self._dynamic:
+                for s in outs:
+                    if known[int(s)].size <= _PLAN_VALUE_LIMIT:
+                        vals[int(s)] = known[int(s)]
+            elif k in self._dynamic and input_values is None:
                 raise _Dynamic(k)
             else:
-                op = tape.ops[k]
-                node = self.node(k)
-                try:
-                    res = op.infer_shape(node, [shapes[s] for s in tape.instr_args(k)])
-                except NotImplementedError:
-                    raise _Dynamic(k) from None
+                pv = self._plan_value(k, shapes, vals)
+                if pv is not None:
+                    res = [v.shape for v in pv]
+                    for s, v in zip(outs, pv):
+                        vals[int(s)] = v
+                    if not self.native[k]:
+                        const_instrs.append(k)
+                else:
+                    op = tape.ops[k]
+                    node = self.node(k)
+                    try:
+                        res = op.infer_shape(node, [shapes[s] for s in args])
+                    except NotImplementedError:
+                        in_shapes, in_vals = [shapes[s] for s in args], [vals.get(int(s)) for s in args]
+                        res = _value_shape(self.names[k], in_shapes, in_vals)
+                        by_values = getattr(op, "infer_shape_values", None)
+                        if res is None and by_values is not None:
+                            try:
+                                res = by_values(node, in_shapes, in_vals)
+                            except NotImplementedError:
+                                res = None
+                        if res is None:
+                            raise _Dynamic(k) from None
             for s, sh in zip(outs, res):
                 sh = tuple(int(n) for n in sh)
                 if len(sh) != tape.slot_ndim[s]:
@@ -448,6 +501,40 @@ class CPUEngine:
             if shapes[s] is None:
                 shapes[s] = tuple(0 for _ in range(tape.slot_ndim[s]))
         return shapes
+
+    def _plan_value(self, k, shapes, vals):
+        """Output values of instruction ``k`` when the plan can compute them from input shapes and known
+        values (cheap, pure ops only), else None."""
+        tape = self.tape
+        name = self.names[k]
+        args = tape.instr_args(k)
+        outs = tape.instr_outs(k)
+        if not tape.ops or tape.ops[k] is None or len(outs) != 1:
+            return None
+        o = int(outs[0])
+        dt = self.slot_dtypes[o]
+        if name == "SHAPE":
+            return [np.asarray(shapes[args[0]], dtype=dt).reshape(-1)]
+        if name == "SHAPE_I":
+            return [np.asarray(shapes[args[0]][tape.ops[k].i], dtype=dt)]
+        op = tape.ops[k]
+        if not (name in _PLAN_EVAL or (getattr(op, "kind", None) == "elementwise" and np.dtype(dt).kind in "iub")):
+            return None
+        ins = [vals.get(int(s)) for s in args]
+        if any(v is None for v in ins):
+            return None
+        storage = [[None]]
+        try:
+            with np.errstate(all="ignore"):
+                op.perform(self.node(k), ins, storage)
+        except Exception:  # noqa: BLE001 - the op's own run (callback) raises it with its message
+            return None
+        r = np.asarray(storage[0][0])
+        if r.size > _PLAN_VALUE_LIMIT or r.ndim != tape.slot_ndim[o] or r.dtype.name != dt:
+            return None
+        r = r.copy()
+        r.setflags(write=False)
+        return [r]
 
     def _prepass(self, inputs, shared):
         """Values of the dynamic instructions' outputs (and their ancestors), by ``perform``."""
@@ -477,6 +564,32 @@ class CPUEngine:
             for s, st in zip(tape.instr_outs(k), storage):
                 env[int(s)] = known[int(s)] = np.asarray(st[0])
         return known
+
+
+_PLAN_VALUE_LIMIT = 100_000  # elements: larger plan-time values are computed at run time
+_PLAN_EVAL = frozenset(("SUBTENSOR", "JOIN", "STACK", "EYE", "ARANGE", "ALLOC", "RESHAPE", "DIMSHUFFLE", "FLATTEN",
+                        "SPECIFY_SHAPE", "SUM", "PROD", "MAX", "MIN", "TRI", "ZEROS_LIKE", "ONES_LIKE", "REPEAT",
+                        "TILE"))
+"""Ops the plan may evaluate (``perform``) when all their inputs are plan-time values."""
+
+
+def _value_shape(name, in_shapes, in_vals):
+    """Output shapes of a value-dependent-shape op whose shape-giving inputs are plan-time values, or None."""
+    if name == "RESHAPE" and in_vals[1] is not None:
+        shp = [int(n) for n in np.ravel(in_vals[1])]
+        size = int(np.prod(in_shapes[0], dtype=np.int64))
+        if shp.count(-1) == 1:
+            rest = int(np.prod([n for n in shp if n != -1], dtype=np.int64))
+            if rest == 0 or size % rest:
+                return None
+            shp[shp.index(-1)] = size // rest
+        if any(n < 0 for n in shp) or int(np.prod(shp, dtype=np.int64)) != size:
+            return None  # perform raises its own error
+        return [tuple(shp)]
+    if name == "EYE" and in_vals[0] is not None and in_vals[1] is not None:
+        n, m = int(in_vals[0]), int(in_vals[1])
+        return [(n, m)] if n >= 0 and m >= 0 else None
+    return None
 
 
 class _Dynamic(Exception):

@@ -68,19 +68,35 @@ class MapRows(Op):
         outs = [make_output(o.dtype, (n,) + o.type.shape) for o in self.inner_outputs]
         return Apply(self, inputs, outs)
 
-    def _inner_fn(self):
-        if self._fn is None:
+    def _inner_fn(self, device="python"):
+        """The inner graph compiled for ``device`` ("python" or "cpu"); the python engine when the
+        CPU engine cannot be built (no numba)."""
+        fns = self.__dict__.setdefault("_fns", {})
+        fn = fns.get(device)
+        if fn is None:
             from tapegrad.compile.function import function
 
-            self._fn = function(self.inner_inputs, self.inner_outputs, device="python", on_unused_input="ignore")
-        return self._fn
+            try:
+                fn = function(self.inner_inputs, self.inner_outputs, device=device, on_unused_input="ignore")
+            except Exception:  # noqa: BLE001 - no compiled engine here: the reference engine always works
+                if device == "python":
+                    raise
+                fn = self._inner_fn("python")
+            fns[device] = fn
+        if device == "python":
+            self._fn = fn
+        return fn
 
-    def perform(self, node, inputs, output_storage):
-        seqs, closure = inputs[: self.n_seq], inputs[self.n_seq :]
+    def _check_rows(self, seqs):
         n = len(seqs[0])
         for s in seqs:
             if len(s) != n:
                 raise ValueError(f"map_rows: mapped inputs have different lengths {[len(t) for t in seqs]}")
+        return n
+
+    def perform(self, node, inputs, output_storage):
+        seqs, closure = inputs[: self.n_seq], inputs[self.n_seq :]
+        n = self._check_rows(seqs)
         fn = self._inner_fn()
         rows = [fn(*[s[i] for s in seqs], *closure) for i in range(n)]
         for j, (out, st) in enumerate(zip(node.outputs, output_storage)):
@@ -89,6 +105,52 @@ class MapRows(Op):
             else:
                 shape = self._empty_shape(j, seqs, closure)
                 st[0] = np.zeros((0,) + shape, dtype=out.dtype)
+
+    def run_rows(self, node, inputs, outs, device="cpu"):
+        """Like :meth:`perform`, writing row ``i`` of each output straight into ``outs[j][i]`` (arrays of the
+        planned output shapes), with the inner graph compiled for ``device`` and run by its engine."""
+        seqs, closure = inputs[: self.n_seq], inputs[self.n_seq :]
+        n = self._check_rows(seqs)
+        fn = self._inner_fn(device)
+        engine = fn._engine
+        single = len(self.inner_outputs) == 1
+        for i in range(n):
+            vals = [s[i] for s in seqs] + list(closure)
+            if fn.tape.shared:
+                r = fn(*vals)
+                r = [r] if single else r
+            else:
+                r, _ = engine.run(vals, ())
+            for o, y in zip(outs, r):
+                y = np.asarray(y)
+                if y.shape != o.shape[1:]:
+                    raise ValueError(f"map_rows: row {i} of output has shape {y.shape}, the plan expected "
+                                     f"{o.shape[1:]}")
+                np.copyto(o[i], y, casting="unsafe")
+
+    def infer_shape(self, node, input_shapes):
+        return self.infer_shape_values(node, input_shapes, [None] * len(input_shapes))
+
+    def infer_shape_values(self, node, input_shapes, input_values):
+        """Output shapes from input shapes and the closure values known before the run (``None`` = unknown;
+        the CPU engine's plan knows shapes and constants)."""
+        if not self.n_seq:
+            raise NotImplementedError("map_rows: no mapped input")
+        n = input_shapes[0][0]
+        inner = [o.type.shape for o in self.inner_outputs]
+        if all(None not in s for s in inner):
+            return [(n,) + tuple(s) for s in inner]
+        fn = self._inner_fn("cpu")
+        infer = getattr(fn._engine, "_infer_shapes", None)
+        if infer is None or fn.tape.shared:
+            raise NotImplementedError("map_rows: the inner output shapes depend on values")
+        rows = [tuple(s[1:]) for s in input_shapes[: self.n_seq]] + [tuple(s) for s in input_shapes[self.n_seq :]]
+        fake = [np.broadcast_to(np.zeros((), x.dtype), s) for x, s in zip(self.inner_inputs, rows)]
+        try:
+            shapes = infer(fake, [], None, [None] * self.n_seq + list(input_values[self.n_seq :]))
+        except Exception:  # noqa: BLE001 - dynamic inner shapes: the engine evaluates this op first
+            raise NotImplementedError("map_rows: the inner output shapes depend on values") from None
+        return [(n,) + tuple(shapes[int(s)]) for s in fn.tape.output_slots]
 
     def _empty_shape(self, j, seqs, closure):
         inner = self.inner_outputs[j].type.shape

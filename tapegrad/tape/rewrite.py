@@ -5,12 +5,14 @@ order and hands every Apply node to a :class:`Rewriter`, which decides what the
 node becomes on the tape:
 
 * **algebraic simplification** -- ``x * 1``, ``1 * x``, ``x / 1``, ``x - 0``,
-  ``x + (-0.0)`` (and ``x + 0`` for integer ``x``), ``neg(neg(x))`` and
-  ``cast(x, x.dtype)`` become ``x`` when ``x`` already has the result's dtype
-  and the constant cannot change its shape by broadcasting.  Only rewrites
+  ``x + (-0.0)`` (and ``x + 0`` for integer ``x``), ``neg(neg(x))``,
+  ``cast(x, x.dtype)`` and ``pow(x, 1)`` become ``x`` when ``x`` already has the
+  result's dtype and the constant cannot change its shape by broadcasting.  Only rewrites
   that are exact for every IEEE value are made (SPEC section 6): ``x * 0``,
   ``x - x`` and ``x / x`` are never folded, and float ``x + 0.0`` is kept
   because ``-0.0 + 0.0`` is ``+0.0``;
+* **strength reduction** -- ``pow(x, 2)`` becomes ``sqr(x)`` (exact: see
+  :func:`strength_reduce`; ``pow(x, 0.5)`` is not ``sqrt(x)`` at ``-0.0`` and ``-inf``);
 * **constant folding** -- a registered op whose inputs are all constants is
   run once with ``perform`` and its outputs become constants (not when a
   result would exceed :data:`FOLD_LIMIT` elements);
@@ -83,7 +85,7 @@ class Rewriter:
         self._cse: dict = {}
         self._canon: dict = {}  # op -> the first equal op seen
         self._canon_by_id: dict = {}  # id(op) -> (op, canonical op): hashes each op instance once
-        self.stats = {"simplified": 0, "folded": 0, "cse": 0, "dead": 0}
+        self.stats = {"simplified": 0, "reduced": 0, "folded": 0, "cse": 0, "dead": 0}
 
     # -- leaves
     def constant(self, data, type, name=None):
@@ -105,6 +107,12 @@ class Rewriter:
         op, key = node.op, None
         if self.enabled:
             if len(node.outputs) == 1:
+                reduced = strength_reduce(node, inputs)
+                if reduced is not None:
+                    self.stats["reduced"] += 1
+                    node, inputs = reduced
+                    op = node.op
+
                 v = simplify(op, inputs, node.outputs[0].type)
                 if v is not None:
                     self.stats["simplified"] += 1
@@ -210,6 +218,34 @@ def _passes_through(x, c, out_type):
     return c.data.ndim <= xt.ndim and all(n == 1 for n in c.data.shape)
 
 
+def _is_real(v):
+    """Float or integer (not complex, not bool) dtype."""
+    return np.dtype(getattr(v.type, "dtype", "O")).kind in "fiu"
+
+
+def strength_reduce(node, inputs):
+    """``(node, inputs)`` of a cheaper op that certainly equals ``node`` bit for bit, or None.
+
+    ``pow(x, 2)`` becomes ``sqr(x)`` (``x * x``) for a float or integer ``x`` of the result's dtype and a
+    constant exponent of size one: ``x * x`` is the correctly rounded square, the value NumPy's ``power``
+    returns for a size-1 exponent (its fast path is ``square``).  ``pow(x, 0.5)`` is *not* ``sqrt(x)``:
+    they differ at ``-0.0`` (``+0.0`` vs ``-0.0``) and ``-inf`` (``+inf`` vs ``nan``).
+    """
+    if _op_name(node.op) != "pow" or len(inputs) != 2:
+        return None
+    a, b = inputs
+    out_type = node.outputs[0].type
+    if not (_is_real(a) and _const_all(b, lambda d: d == 2) and _passes_through(a, b, out_type)):
+        return None
+    from tapegrad.ops.elemwise import _elemwise_by_name
+
+    new = _elemwise_by_name("sqr").make_node(node.inputs[0])
+    nt = new.outputs[0].type
+    if nt.dtype != out_type.dtype or nt.ndim != out_type.ndim:
+        return None
+    return new, [a]
+
+
 def simplify(op, inputs, out_type):
     """The Value that ``op(*inputs)`` certainly equals bit for bit, or None."""
     if getattr(op, "code", None) == "CAST":
@@ -237,6 +273,11 @@ def simplify(op, inputs, out_type):
         a, b = inputs
         # x - (+0.0) == x for every x (also -0.0); x - (-0.0) is not (gives +0.0 for -0.0)
         if b.kind == "const" and _const_all(b, lambda d: (d == 0) & ~np.signbit(d)) and _passes_through(a, b, out_type):
+            return a
+    elif name == "pow":
+        a, b = inputs
+        # pow(x, 1) is x for every IEEE x (nan, +-inf, -0.0 included)
+        if _is_one(b) and _is_real(a) and _passes_through(a, b, out_type):
             return a
     elif name == "neg":
         (a,) = inputs

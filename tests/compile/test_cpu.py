@@ -349,3 +349,100 @@ def test_batched_matmul_and_mlp_grads_native():
     cpu, got, want = run_both([a, b], [y, ga, gb], [rand((2, 3, 4), "float64"), rand((4, 5), "float64")])
     assert_same(got, want)
     _all_native(cpu)
+
+
+# --------------------------------------------------------------------------- roll, shapes, map_rows as plan steps
+def _callbacks(cpu):
+    return cpu.native_codes()[1]
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+@pytest.mark.parametrize("shift", [0, 1, -1, 2, 7, -13])
+def test_roll_is_a_step_with_constant_and_runtime_shift(axis, shift):
+    import tapegrad as tg
+
+    x, s = var("float64", 2, "x"), TensorType("int64", ())("s")
+    xv = rand((3, 4), "float64")
+    for rewrite in (False, True):
+        cpu, got, want = run_both([x], [tg.roll(x, shift, axis=axis), tg.roll(x.T, shift, axis=axis) * 2.0], [xv],
+                                  rewrite=rewrite)
+        assert_same(got, want)
+        assert "ROLL" not in _callbacks(cpu)
+        np.testing.assert_array_equal(got[0], np.roll(xv, shift, axis=axis))
+    tape = build_tape([x, s], [tg.roll(x, s, axis=axis), tg.roll(x[:, ::2], s, axis=axis)])
+    cpu = CPUEngine(tape)
+    for sv in (shift, shift + 5, -shift - 1):  # one plan, the shift read at run time
+        got, _ = cpu.run([xv, np.asarray(sv)])
+        want, _ = ReferenceEngine(tape).run([xv, np.asarray(sv)], [])
+        assert_same(got, want)
+    assert len(cpu._plans) == 1 and "ROLL" not in _callbacks(cpu)
+    got, _ = cpu.run([np.zeros((0, 4)), np.asarray(shift)])
+    assert got[0].shape == (0, 4)
+
+
+def test_roll_grad_matches_reference():
+    import tapegrad as tg
+
+    u, F = var("float64", 1, "u"), TensorType("float64", ())("F")
+    y = u
+    for _ in range(5):
+        y = y + 0.01 * ((tg.roll(y, -1) - tg.roll(y, 2)) * tg.roll(y, 1) - y + F)
+    loss = tg.sum(y * y)
+    outs = [loss, *tg.grad(loss, [u, F])]
+    cpu, got, want = run_both([u, F], outs, [rand((9,), "float64"), np.asarray(8.0)], rewrite=True)
+    assert_same(got, want)
+    assert _callbacks(cpu) == {}
+
+
+def test_shape_eye_join_reshape_are_plan_time_and_map_rows_needs_no_prepass():
+    import tapegrad as tg
+
+    A, x = var("float64", 2, "A"), var("float64", 1, "x")
+    y = tg.tanh(tg.dot(A, x)) + x ** 3
+    J = tg.jacobian(y, x)
+    tape = build_tape([A, x], [J, tg.eye(x.shape[0]) * 2.0, tg.concatenate([x, tg.roll(x, 1)])])
+    cpu = CPUEngine(tape)
+    ref = ReferenceEngine(tape)
+    for n in (5, 5, 3):
+        vals = [rand((n, n), "float64"), rand((n,), "float64")]
+        got, _ = cpu.run(vals)
+        want, _ = ref.run(vals, [])
+        for g, w in zip(got, want):  # sums in another order (BLAS vs the reference's NumPy calls)
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    assert cpu._dynamic == set()
+    assert _callbacks(cpu) == {}
+    assert len(cpu._plans) == 2
+
+
+def test_plan_time_values_survive_buffer_reuse():
+    import tapegrad as tg
+
+    x = var("float64", 1, "x")
+    n = x.shape[0]
+    y = tg.reshape(tg.exp(x) * tg.sum(x), (n, 1))
+    z = tg.sum(y) + tg.eye(n)[0] * tg.cast(n, "float64")
+    tape = build_tape([x], [y, z])
+    cpu = CPUEngine(tape)
+    for _ in range(3):
+        xv = rand((4,), "float64")
+        got, _ = cpu.run([xv])
+        want, _ = ReferenceEngine(tape).run([xv], [])
+        assert_same(got, want)
+
+
+def test_map_rows_runs_its_inner_graph_on_the_cpu_engine():
+    import tapegrad as tg
+
+    A, x = var("float64", 2, "A"), var("float64", 1, "x")
+    J = tg.jacobian(tg.sin(tg.dot(A, x)) * x, x)
+    tape = build_tape([A, x], [J])
+    (k,) = [k for k in range(len(tape)) if tape.ops[k].code == "MAP_ROWS"]
+    cpu = CPUEngine(tape)
+    vals = [rand((4, 4), "float64"), rand((4,), "float64")]
+    got, _ = cpu.run(vals)
+    want, _ = ReferenceEngine(tape).run(vals, [])
+    assert_same(got, want)
+    op = tape.ops[k]
+    assert isinstance(op._inner_fn("cpu")._engine, CPUEngine)
+    assert cpu._last_plan.kinds[k] == "step"

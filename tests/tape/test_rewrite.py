@@ -9,6 +9,7 @@ from tapegrad.ops import cast, exp, neg, sin, sqr
 from tapegrad.registry import OpCode
 from tapegrad.tape import rewrite
 from tapegrad.tape.build import build_tape
+from tapegrad.compile.reference import ReferenceEngine
 
 
 def codes(*args, **kw):
@@ -165,3 +166,67 @@ def test_function_tape_shrinks_and_agrees_with_unrewritten():
     xv, Wv = np.array([0.5, -1.0]), np.arange(4.0).reshape(2, 2)
     np.testing.assert_allclose(f(xv, Wv), ReferenceEngine(t0).run([xv, Wv], [])[0][0])
     np.testing.assert_allclose(f(xv, Wv), 12 * np.exp(xv) + Wv)
+
+
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(f"u{a.itemsize}")
+
+
+SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-310, -5e-324, 1e200, -1e200, 3.0, -2.5, 1.7976931348623157e308]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pow_one_is_dropped_and_pow_two_is_sqr_bit_for_bit(dtype):
+    from tapegrad.ops import power
+
+    x = vector("x", dtype=dtype)
+    c = lambda v: constant(np.asarray(v, dtype=dtype))  # noqa: E731
+    assert codes([x], [power(x, c(1.0))]) == []
+    assert codes([x], [power(x, c(2.0))]) == [OpCode.SQR]
+    assert codes([x], [power(x, constant(np.ones((1,), dtype)))]) == []
+    assert codes([x], [power(x, constant(np.full((1,), 2.0, dtype)))]) == [OpCode.SQR]
+    rng = np.random.default_rng(3)
+    with np.errstate(all="ignore"):
+        v = np.concatenate([SPECIALS, rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)]).astype(dtype)
+    for e in (1.0, 2.0):
+        y = power(x, c(e))
+        want, _ = ReferenceEngine(build_tape([x], [y], rewrite=False)).run([v], [])
+        for device in ("python", "cpu"):
+            got = function([x], y, device=device)(v)
+            np.testing.assert_array_equal(_bits(got), _bits(want[0]), err_msg=f"{dtype} {e} {device}")
+
+
+def test_pow_rewrites_keep_dtype_shape_and_ieee_unsafe_cases():
+    from tapegrad.ops import power
+
+    x = vector("x")
+    i = ivector("i")
+    assert codes([i], [power(i, constant(np.asarray(2, "int64")))]) == [OpCode.SQR]
+    assert codes([i], [power(i, constant(np.asarray(1, "int64")))]) == []
+    assert codes([i], [power(i, 2.0)]) == [OpCode.POW]  # int ** float -> float64: not sqr(i)
+    assert codes([x], [power(x, constant(np.full(3, 2.0)))]) == [OpCode.POW]  # may broadcast x
+    assert codes([x], [power(x, constant(np.full((1, 1), 2.0)))]) == [OpCode.POW]  # adds a dimension
+    assert codes([x], [power(x, 0.5)]) == [OpCode.POW]  # not sqrt: -0.0 and -inf differ
+    assert codes([x], [power(x, 3.0)]) == [OpCode.POW]
+    assert codes([x], [power(x, 2.0)], rewrite=False) == [OpCode.POW]
+    f = function([x], power(x, 0.5), device="python")
+    v = np.array([-0.0, -np.inf, 4.0])
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(_bits(f(v)), _bits(np.power(v, 0.5)))
+
+
+def test_rosenbrock_grad_tape_shrinks():
+    import tapegrad as tg
+
+    x = vector("x")
+    f = tg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    g = tg.grad(f, x)
+    t0, t1 = build_tape([x], [f, g], rewrite=False), build_tape([x], [f, g])
+    assert OpCode.POW in list(t0.codes) and OpCode.POW not in list(t1.codes)
+    assert list(t1.codes).count(OpCode.SQR) == 3
+    v = np.linspace(-1.5, 2.0, 7)
+    want, _ = ReferenceEngine(t0).run([v], [])
+    got, _ = ReferenceEngine(t1).run([v], [])
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

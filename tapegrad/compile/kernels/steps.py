@@ -31,7 +31,7 @@ import numpy as np
 VIEW_CODES = ("SUBTENSOR", "DIMSHUFFLE", "RESHAPE", "FLATTEN")
 STEP_CODES = ("SUM", "MEAN", "MAX", "MIN", "BROADCAST_REDUCED", "ZEROS_LIKE", "ONES_LIKE", "ALLOC", "SUBTENSOR",
               "SUBTENSOR_SCATTER", "INC_SUBTENSOR", "SET_SUBTENSOR", "DIMSHUFFLE", "RESHAPE", "FLATTEN", "DOT",
-              "MATMUL", "EINSUM")
+              "MATMUL", "EINSUM", "ROLL", "JOIN", "MAP_ROWS")
 
 
 def row_major(shape):
@@ -186,12 +186,42 @@ def _contraction(spec, a, b, out):
     return lambda: mm(p2, q2, out=o2)
 
 
-def make_step(name, op, node, ins, outs):
-    """A no-argument callable writing ``outs`` (arena views) from ``ins`` (arena views), or None."""
+def make_step(name, op, node, ins, outs, known=None):
+    """A no-argument callable writing ``outs`` (arena views) from ``ins`` (arena views), or None.
+
+    ``known``: per input, its value when the plan knows it (constants, shapes), else None.
+    """
     if len(outs) != 1:
         return None
     ov = outs[0]
     dt = ov.dtype
+    known = known if known is not None else [None] * len(ins)
+    if name == "ROLL":
+        return _roll_step(op, ins[0], ins[1], known[1], ov)
+    if name == "JOIN":
+        if not ins or any(x.ndim != ov.ndim for x in ins):
+            return None
+        ax = op.axis
+        pieces, at = [], 0
+        for x in ins:
+            n = x.shape[ax]
+            dst = ov[(slice(None),) * ax + (slice(at, at + n),)]
+            if dst.shape != x.shape:
+                return None
+            pieces.append((dst, x))
+            at += n
+        if at != ov.shape[ax]:
+            return None
+
+        def join():
+            for d, x in pieces:
+                np.copyto(d, x, casting="unsafe")
+        return join
+    if name == "MAP_ROWS":
+        run = getattr(op, "run_rows", None)
+        if run is None:
+            return None
+        return lambda: run(node, ins, outs, device="cpu")
     if name in ("SUM", "MEAN"):
         from tapegrad.ops.reduce import _count
 
@@ -287,6 +317,57 @@ def make_step(name, op, node, ins, outs):
         spec = op.subscripts if name == "EINSUM" else op.einsum_spec(a.ndim, b.ndim)
         return _contraction(spec, a, b, ov)
     return None
+
+
+def _roll_pieces(x, ov, axis, shift):
+    """``[(dst, src)]`` copies that make ``ov = np.roll(x, shift, axis)`` (``axis`` None: ``x``/``ov`` flat)."""
+    n = x.shape[axis]
+    if n == 0:
+        return []
+    s = shift % n
+    if s == 0:
+        return [(ov, x)]
+    pre = (slice(None),) * axis
+    return [(ov[pre + (slice(s, None),)], x[pre + (slice(0, n - s),)]),
+            (ov[pre + (slice(0, s),)], x[pre + (slice(n - s, None),)])]
+
+
+def _roll_step(op, x, sh, shift, ov):
+    """``ov[...] = np.roll(x, shift, op.axis)`` as two slice copies; ``shift`` known at plan time or read from
+    the 0-d arena view ``sh`` at run time."""
+    if x.shape != ov.shape or sh.ndim != 0:
+        return None
+    if op.axis is None:
+        if ov.size == 0:
+            return lambda: None
+        try:
+            o = np.reshape(ov, -1, copy=False)
+        except ValueError:
+            return None
+        try:
+            xf = np.reshape(x, -1, copy=False)
+            flat = None
+        except ValueError:
+            xf, flat = None, x  # a strided view: flattened (copied) at run time
+        axis = 0
+    else:
+        o, xf, flat, axis = ov, x, None, op.axis
+        if ov.size == 0:
+            return lambda: None
+    cp = np.copyto
+    if shift is not None and flat is None:
+        pieces = _roll_pieces(xf, o, axis, int(shift))
+
+        def roll_static():
+            for d, s in pieces:
+                cp(d, s, casting="unsafe")
+        return roll_static
+
+    def roll_dynamic():
+        src = xf if flat is None else flat.reshape(-1)
+        for d, s in _roll_pieces(src, o, axis, int(sh)):
+            cp(d, s, casting="unsafe")
+    return roll_dynamic
 
 
 def _sub_of(op, ov):
