@@ -4,8 +4,9 @@
 
 Rosenbrock cost = sum(100 (x[1:] - x[:-1]^2)^2 + (1 - x[:-1])^2), two tapes:
 "vg" = [cost, grad] and "vgh" = [cost, grad, hessian_vector_product(cost, x, v)].
-Rows: FusedCPUEngine(tier="fused") (fused groups by generated loops, the rest by NumPy perform),
-CPUEngine (tier 0: the compiled interpreter), NumPy by hand.  Compile time is measured in child processes
+Columns: CPUEngine(tier="fused") (fused groups by generated loops inside the tier-0 plan: arenas, views,
+interpreter for the rest), FusedCPUEngine(tier="fused") (standalone: fused groups, the rest by NumPy perform),
+CPUEngine(tier="interp") (tier 0: the compiled interpreter only), NumPy by hand.  Compile time is measured in child processes
 with a fresh cache folder (cold: generate + numba compile) and then the same folder (warm: machine code from
 numba's disk cache).  Medians of repeated calls, one thread.
 """
@@ -85,11 +86,18 @@ def child_compile(n):
     x = np.random.default_rng(0).uniform(-1, 1, n)
     v = np.random.default_rng(1).uniform(-1, 1, n)
     res = {"build_s": t_build}
+    from tapegrad.compile.cpu import CPUEngine
+
     for name, tape in ts.items():
         e = FusedCPUEngine(tape, tier="fused")
         t0 = time.perf_counter()
         e.run([x, v], [])
-        res[name] = {"first_call_s": time.perf_counter() - t0,
+        t_fe = time.perf_counter() - t0
+        c = CPUEngine(tape, tier="fused")
+        t0 = time.perf_counter()
+        c.run([x, v], [])
+        res[name + "_cpu"] = time.perf_counter() - t0
+        res[name] = {"first_call_s": t_fe,
                      "groups": [len(g.group.members) for g in e.groups()],
                      "kernel_s": [round(g.kernel.compile_s, 4) for g in e.groups()],
                      "from_disk": [g.kernel.from_cache for g in e.groups()]}
@@ -109,7 +117,8 @@ def main():
         for name in ("vg", "vgh"):
             d = r[name]
             print(f"{label:5s} {name:4s}: build+first call {d['first_call_s']:.3f} s; groups (sizes) {d['groups']}, "
-                  f"per-kernel compile/load s {d['kernel_s']}, from numba disk cache {d['from_disk']}")
+                  f"per-kernel compile/load s {d['kernel_s']}, from numba disk cache {d['from_disk']}; "
+                  f"then CPUEngine(tier='fused') build+first call {r[name + '_cpu']:.3f} s")
 
     os.environ["TAPEGRAD_FUSED_DIR"] = env["TAPEGRAD_FUSED_DIR"]
     from tapegrad.compile.cpu import CPUEngine
@@ -120,23 +129,28 @@ def main():
     x = np.random.default_rng(0).uniform(-1, 1, n)
     v = np.random.default_rng(1).uniform(-1, 1, n)
     print(f"\nsteady medians, n = {n:g}, one thread")
-    print(f"{'tape':5s} {'fused (tier 1)':>15s} {'CPUEngine (tier 0)':>19s} {'NumPy by hand':>14s}  max rel err vs ref")
+    print(f"{'tape':5s} {'CPUEngine fused':>16s} {'FusedCPUEngine':>15s} {'CPUEngine interp':>17s} "
+          f"{'NumPy by hand':>14s}  max rel err vs ref")
     for name, tape in ts.items():
+        cf = CPUEngine(tape, tier="fused")
         fe = FusedCPUEngine(tape, tier="fused")
-        ce = CPUEngine(tape)
+        ce = CPUEngine(tape, tier="interp")
+        cfo = cf.run([x, v], [])[0]
         fo = fe.run([x, v], [])[0]
         co = ce.run([x, v], [])[0]
         ro = ReferenceEngine(tape).run([x, v], [])[0]
         err = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))) for a, b in zip(fo, ro))
+        errcf = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))) for a, b in zip(cfo, ro))
         errc = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))) for a, b in zip(co, ro))
         hand = (lambda: numpy_vg(x)) if name == "vg" else (lambda: numpy_vgh(x, v))
         hv = hand()
         errh = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))) for a, b in zip(hv, ro))
+        tcf = median_time(lambda: cf.run([x, v], []))
         tf = median_time(lambda: fe.run([x, v], []))
         tc = median_time(lambda: ce.run([x, v], []))
         th = median_time(hand)
-        print(f"{name:5s} {fmt(tf):>15s} {fmt(tc):>19s} {fmt(th):>14s}  fused {err:.1e}, tier0 {errc:.1e}, "
-              f"hand {errh:.1e}")
+        print(f"{name:5s} {fmt(tcf):>16s} {fmt(tf):>15s} {fmt(tc):>17s} {fmt(th):>14s}  cpu-fused {errcf:.1e}, "
+              f"fused {err:.1e}, tier0 {errc:.1e}, hand {errh:.1e}")
 
 
 if __name__ == "__main__":

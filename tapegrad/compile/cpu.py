@@ -26,6 +26,16 @@
   ancestors with ``perform`` (usually a few scalar shape ops) and keys the
   plan on those output shapes as well.
 
+* **Fused tier** (``tier=``): ``"fused"`` builds each signature's plan on the fusion schedule of
+  :func:`tapegrad.tape.fuse.schedule` (a topological order in which each elementwise group's members are
+  consecutive; the interpreter's instruction arrays are permuted to it), each group's loop compiled before
+  the first call (:mod:`tapegrad.compile.fused`, disk-cached by structure).  A group runs as one step on the
+  arena views: its inputs stay live until the group's last member (the loop reads them while it writes), its
+  internal slots get no arena block.  ``None``/``"auto"`` runs the interpreter plan and, after
+  ``FUSE_AFTER_USES`` calls of a signature, compiles its groups on a background thread, swapping in the fused
+  plan once all are done (a group that fails to compile runs in the interpreter).  ``"interp"`` never fuses.
+* User ops (code 0, CALLBACK) run by ``perform`` warn once per op class.
+
 Returned arrays are fresh copies, never views of an arena.  An engine is not
 re-entrant: one call at a time per engine (arenas belong to the plan).
 """
@@ -54,10 +64,33 @@ def _interp():
 class Plan:
     """Slot shapes, arena layout and segments for one input-shape signature."""
 
-    def __init__(self, engine, shapes, values=None, const_instrs=()):
+    def __init__(self, engine, shapes, values=None, const_instrs=(), schedule=None):
         tape = engine.tape
         self.engine = engine
         self.shapes = shapes
+        self.uses = 0
+        self.pending = None  # auto tier: FusedGroups compiling in the background for this signature
+        # ---- run order: the tape's, or a fusion schedule (a topological order in which each fused group's
+        #      members are consecutive); positions p index ``order``
+        self.fused = []  # (p0, p1, FusedGroup)
+        if schedule:
+            order = []
+            for st in schedule:
+                if st[0] == "instr":
+                    order.append(int(st[1]))
+                else:
+                    p0 = len(order)
+                    order.extend(int(m.k) for m in st[1].group.members)
+                    self.fused.append((p0, len(order), st[1]))
+        else:
+            order = list(range(len(tape)))
+        self.order = order
+        members = set()
+        internal = np.zeros(tape.n_slots, bool)  # member slots of a fused group that live only in registers
+        for p0, p1, fg in self.fused:
+            members.update(order[p0:p1])
+            internal[[m.out for m in fg.group.members]] = True
+            internal[list(fg.group.outputs)] = False
         # plan-time values: slot -> ndarray known from the input shapes alone (SHAPE, SHAPE_I, and cheap ops of
         # them); the instructions in ``const_instrs`` are not run: their outputs are written once, below
         self.values = dict(values or {})
@@ -74,8 +107,8 @@ class Plan:
         pinned[const_out] = True
         layout = {}
         self.view_of = {}  # view instruction k -> its output slot
-        for k in range(len(tape)):
-            if not engine.view_ok[k]:
+        for k in order:
+            if not engine.view_ok[k] or k in members:
                 continue
             (o,) = tape.instr_outs(k)
             x = int(tape.instr_args(k)[0])
@@ -90,22 +123,25 @@ class Plan:
             self.view_of[k] = o
         # ---- liveness (a view's root lives until the view's last use)
         last_use = np.full(n_slots, -1, np.int64)
-        for k in range(len(tape)):
+        for p, k in enumerate(order):
             for s in tape.instr_args(k):
-                last_use[s] = k
+                last_use[s] = p
+        for p0, p1, fg in self.fused:  # the loop reads its inputs while it writes its outputs
+            for s in list(fg.group.inputs) + list(fg.group.shape_inputs):
+                last_use[s] = max(last_use[s], p1 - 1)
         for o, (root, _, _) in layout.items():
             last_use[root] = max(last_use[root], last_use[o])
         is_view = np.zeros(n_slots, bool)
         is_view[list(layout)] = True
         dies_at = {}
         for s in range(n_slots):
-            if not pinned[s] and not is_view[s] and last_use[s] >= 0:
+            if not pinned[s] and not is_view[s] and not internal[s] and last_use[s] >= 0:
                 dies_at.setdefault(int(last_use[s]), []).append(s)
         # ---- allocation: one arena per dtype, best-fit reuse of freed blocks
         offsets = np.zeros(n_slots, np.int64)
         tops = {}
         free = {}
-        placed = is_view.copy()
+        placed = is_view | internal  # internal fused slots get no block (offset 0, never read or written)
 
         def alloc(s):
             dt = dtypes[s]
@@ -129,13 +165,14 @@ class Plan:
             if not placed[s]:
                 blocks[s] = alloc(s)
                 placed[s] = True
-        for k in range(len(tape)):
+        for p, k in enumerate(order):
             for s in tape.instr_outs(k):
                 if not placed[s]:
                     blocks[s] = alloc(s)
                     placed[s] = True
-            dead = list(dies_at.get(k, ()))
-            dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s] and not is_view[s]]
+            dead = list(dies_at.get(p, ()))
+            dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s] and not is_view[s]
+                     and not internal[s]]
             for s in set(int(s) for s in dead):
                 free.setdefault(dtypes[s], []).append((blocks[s], int(offsets[s])))
         for s in range(n_slots):  # slots nobody writes (unused temps)
@@ -162,16 +199,29 @@ class Plan:
                 shp[s, d] = sh[d]
                 strd[s, d] = st[d]
         sections = [None] * NH
-        sections[H_CODES] = tape.codes
-        sections[H_ARGP] = tape.arg_ptr
-        sections[H_ARGS] = tape.args
-        sections[H_OUTP] = tape.out_ptr
-        sections[H_OUTS] = tape.outs
-        sections[H_IPP] = tape.ip_ptr
-        sections[H_IP] = tape.iparams
-        sections[H_FPP] = tape.fp_ptr
-        sections[H_ICD] = engine.icd
-        sections[H_IGRP] = engine.igrp
+        if self.fused:  # the interpreter runs positions: instruction arrays in run order
+            o = np.asarray(order, np.int64)
+            sections[H_CODES] = tape.codes[o]
+            sections[H_ARGP], sections[H_ARGS] = _csr(tape.arg_ptr, tape.args, o)
+            sections[H_OUTP], sections[H_OUTS] = _csr(tape.out_ptr, tape.outs, o)
+            sections[H_IPP], sections[H_IP] = _csr(tape.ip_ptr, tape.iparams, o)
+            fpp, fpv = _csr(tape.fp_ptr, engine.fparams, o)
+            sections[H_FPP] = fpp
+            self.fparams = np.ascontiguousarray(fpv, np.float64)
+            sections[H_ICD] = engine.icd[o]
+            sections[H_IGRP] = engine.igrp[o]
+        else:
+            sections[H_CODES] = tape.codes
+            sections[H_ARGP] = tape.arg_ptr
+            sections[H_ARGS] = tape.args
+            sections[H_OUTP] = tape.out_ptr
+            sections[H_OUTS] = tape.outs
+            sections[H_IPP] = tape.ip_ptr
+            sections[H_IP] = tape.iparams
+            sections[H_FPP] = tape.fp_ptr
+            sections[H_ICD] = engine.icd
+            sections[H_IGRP] = engine.igrp
+            self.fparams = engine.fparams
         sections[H_SAK] = engine.slot_kind_native
         sections[H_SND] = tape.slot_ndim
         sections[H_SOFF] = offsets
@@ -198,30 +248,64 @@ class Plan:
         self.update_views = [self.view(s) for s in tape.update_slots]
         self._build_steps()
 
+    def _segments(self):
+        """``(True, p0, p1)`` runs of native positions and ``(False, p)`` single positions, fused ranges as
+        ``("fused", p0, p1, FusedGroup)``."""
+        if not self.fused:
+            return self.engine.segments
+        native = self.engine.native
+        order = self.order
+        starts = {p0: (p0, p1, fg) for p0, p1, fg in self.fused}
+        segs = []
+        p, n = 0, len(order)
+        while p < n:
+            if p in starts:
+                p0, p1, fg = starts[p]
+                segs.append(("fused", p0, p1, fg))
+                p = p1
+            elif native[order[p]]:
+                q = p
+                while q < n and native[order[q]] and q not in starts:
+                    q += 1
+                segs.append((True, p, q))
+                p = q
+            else:
+                segs.append((False, p))
+                p += 1
+        return segs
+
     def _build_steps(self):
-        """One no-argument callable per segment: interpreter runs, prebound native steps, callbacks."""
+        """One no-argument callable per segment: interpreter runs, fused loops, prebound native steps,
+        callbacks."""
         engine = self.engine
         tape = engine.tape
         interp = engine.interp
         A0, A1, A2, A3 = self.native_arenas
-        meta, fp = self.meta, engine.fparams
+        meta, fp = self.meta, self.fparams
+        order = self.order
         self.steps = []
         self.kinds = {}
-        for seg in engine.segments:
+        for seg in self._segments():
+            if seg[0] == "fused":
+                _, p0, p1, fg = seg
+                self.steps.append(self._fused_step(fg))
+                for p in range(p0, p1):
+                    self.kinds[order[p]] = "fused"
+                continue
             if seg[0]:
                 k0, k1 = seg[1], seg[2]
 
                 def run(k0=k0, k1=k1):
                     rc = interp(meta, fp, k0, k1, A0, A1, A2, A3)
                     if rc != 0:
-                        k = -1 - rc
+                        k = order[-1 - rc]
                         raise RuntimeError(f"CPU engine: instruction {k} ({name_of(int(tape.codes[k]))}) has no "
                                            f"kernel for its dtypes")
                 self.steps.append(run)
-                for k in range(k0, k1):
-                    self.kinds[k] = "interp"
+                for p in range(k0, k1):
+                    self.kinds[order[p]] = "interp"
                 continue
-            k = seg[1]
+            k = order[seg[1]]
             if k in self.const_instrs:
                 self.kinds[k] = "const"
                 continue
@@ -242,7 +326,27 @@ class Plan:
                 self.steps.append(step)
             else:
                 self.kinds[k] = "callback"
+                if int(tape.codes[k]) == CALLBACK:
+                    _warn_callback(tape.ops[k])
                 self.steps.append(lambda k=k: self._callback(k, self._known))
+
+    def _fused_step(self, fg):
+        """The fused loop of ``fg`` on this plan's arena views (arguments bound once when every input is
+        C-contiguous, else made contiguous per call by ``FusedGroup.run``)."""
+        g = fg.group
+        ins = [self.view(s) for s in g.inputs]
+        outs = [self.view(s) for s in g.outputs]
+        fn = fg.kernel.fn
+        if fn is not None and all(a.flags.c_contiguous for a in ins):
+            args = [fg.size, fg.shp]
+            for a, p, st in zip(ins, fg.patterns, fg.strides):
+                args.append(a.reshape(-1))
+                if st is not None:
+                    args.append(st)
+            args += [o.reshape(-1) for o in outs]
+            args = tuple(args)
+            return lambda: fn(*args)
+        return lambda: fg.run(ins, outs)
 
     def view(self, s):
         """Writable array view of slot ``s`` in its arena."""
@@ -297,8 +401,11 @@ class Plan:
 class CPUEngine:
     """Run a :class:`~tapegrad.tape.format.Tape` with the compiled interpreter."""
 
-    def __init__(self, tape):
+    def __init__(self, tape, tier=None):
+        if tier not in (None, "auto", "fused", "interp"):
+            raise ValueError(f"CPU engine: tier must be None, 'auto', 'fused' or 'interp', got {tier!r}")
         self.tape = tape
+        self.tier = "auto" if tier is None else tier
         self.interp, native, self._groups = _interp()
         n = len(tape)
         self.slot_dtypes = [CODE_DTYPES[int(c)] for c in tape.slot_dtype]
@@ -428,9 +535,68 @@ class CPUEngine:
                     self._dynamic.add(d.k)
                     continue
                 values, const_instrs = self._plan_values
-                plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs)
+                sched = None
+                if self.tier == "fused":
+                    sched = self._fusion(shapes, const_instrs, background=False)
+                plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs, sched)
+            elif self.tier == "auto":
+                plan = self._auto(full_key, plan)
+            plan.uses += 1
             self._last_plan = plan
             return plan.execute(inputs, shared, known)
+
+    # ---------------------------------------------------------------- fused tier
+    def _fusion(self, shapes, const_instrs, background):
+        """The fusion schedule at these slot shapes with its groups bound to their kernels (compiled now, or
+        started in the background), or None when nothing fuses."""
+        from tapegrad.compile.fused import FusedGroup
+        from tapegrad.tape.fuse import schedule
+
+        try:
+            sched = schedule(self.tape, shapes, min_size=FUSE_MIN_GROUP)
+        except Exception:  # noqa: BLE001 - fusion is an optimization: tier 0 runs the tape as it is
+            return None
+        skip = set(const_instrs) | self._dynamic
+        out = []
+        for st in sched:
+            if st[0] == "group":
+                g = st[1]
+                if not any(m.k in skip for m in g.members):
+                    try:
+                        out.append(("group", FusedGroup(g, background=background)))
+                        continue
+                    except Exception:  # noqa: BLE001 - a loop that does not compile: its members run in tier 0
+                        pass
+                out.extend(("instr", m.k) for m in g.members)
+            else:
+                out.append(st)
+        return out if any(st[0] == "group" for st in out) else None
+
+    def _auto(self, full_key, plan):
+        """tier "auto": after FUSE_AFTER_USES calls of a signature, compile its groups in the background; once
+        all are done, swap in a plan on the fused schedule."""
+        if plan.pending is None:
+            if plan.fused or plan.uses < FUSE_AFTER_USES:
+                return plan
+            sched = self._fusion(plan.shapes, plan.const_instrs, background=True)
+            plan.pending = sched or ()
+            return plan
+        if not plan.pending or not all(st[1].kernel._done.is_set() for st in plan.pending if st[0] == "group"):
+            return plan
+        sched = []
+        for st in plan.pending:
+            if st[0] == "group" and st[1].kernel.fn is None:  # failed to compile: tier 0
+                sched.extend(("instr", m.k) for m in st[1].group.members)
+            else:
+                sched.append(st)
+        plan.pending = ()
+        if not any(st[0] == "group" for st in sched):
+            return plan
+        new = Plan(self, plan.shapes, plan.values, plan.const_instrs, sched)
+        new.uses = plan.uses
+        new.pending = ()
+        self._plans[full_key] = new
+        return new
 
     def _infer_shapes(self, inputs, shared, known, input_values=None):
         """Slot shapes for these inputs (``input_values``: per input, its value where a caller knows it, else
@@ -461,10 +627,9 @@ class CPUEngine:
             args = tape.instr_args(k)
             res = None
             if known is not None and all(int(s) in known for s in outs):
+                # only the shapes: the pre-pass values belong to this call, not to the plan (made plan values,
+                # they were pinned into later calls of the same signature)
                 res = [known[int(s)].shape for s in outs]
-                for s in outs:
-                    if known[int(s)].size <= _PLAN_VALUE_LIMIT:
-                        vals[int(s)] = known[int(s)]
             elif k in self._dynamic and input_values is None:
                 raise _Dynamic(k)
             else:
@@ -564,6 +729,34 @@ class CPUEngine:
             for s, st in zip(tape.instr_outs(k), storage):
                 env[int(s)] = known[int(s)] = np.asarray(st[0])
         return known
+
+
+FUSE_MIN_GROUP = 2  # smallest fused group worth a loop of its own
+FUSE_AFTER_USES = 3  # tier "auto": calls of a signature before its groups are compiled in the background
+_WARNED_OPS = set()
+
+
+def _warn_callback(op):
+    """One UserWarning per user op class that the CPU engine runs by ``perform``."""
+    import warnings
+
+    cls = type(op)
+    if cls in _WARNED_OPS:
+        return
+    _WARNED_OPS.add(cls)
+    warnings.warn(f"user op {cls.__name__} runs in Python inside a compiled function (CPU engine callback: "
+                  f"its NumPy perform, between compiled segments)", UserWarning, stacklevel=2)
+
+
+def _csr(ptr, data, order):
+    """CSR ``(ptr, data)`` with rows taken in ``order``."""
+    ptr = np.asarray(ptr, np.int64)
+    data = np.asarray(data)
+    lens = ptr[order + 1] - ptr[order]
+    new_ptr = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(lens, out=new_ptr[1:])
+    idx = np.concatenate([np.arange(ptr[k], ptr[k + 1]) for k in order]) if len(order) else np.zeros(0, np.int64)
+    return new_ptr, data[idx.astype(np.int64)]
 
 
 _PLAN_VALUE_LIMIT = 100_000  # elements: larger plan-time values are computed at run time

@@ -220,10 +220,21 @@ _LOCK = threading.Lock()
 _KERNELS = {}  # module name -> FusedKernel (process-wide: the same structure compiles once)
 
 
+_EXITING = threading.Event()
+
+
 def _executor():
     global _EXECUTOR
     if _EXECUTOR is None:
         _EXECUTOR = ThreadPoolExecutor(1, thread_name_prefix="tapegrad-fused")
+        # at interpreter exit the executor's worker is joined after it has run every queued item: skip the
+        # compiles that have not started (registered after the executor's own hook, so it runs first)
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            try:
+                register(_EXITING.set)
+            except RuntimeError:  # pragma: no cover - already shutting down
+                _EXITING.set()
     return _EXECUTOR
 
 
@@ -279,6 +290,8 @@ class FusedKernel:
 
         t0 = time.perf_counter()
         try:
+            if _EXITING.is_set() and self._future is not True:
+                raise RuntimeError("fused kernel compile skipped: the interpreter is exiting")
             _write_module(self.path, self.source)
             mod = sys.modules.get(self.name)
             if mod is None:

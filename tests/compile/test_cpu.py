@@ -446,3 +446,77 @@ def test_map_rows_runs_its_inner_graph_on_the_cpu_engine():
     op = tape.ops[k]
     assert isinstance(op._inner_fn("cpu")._engine, CPUEngine)
     assert cpu._last_plan.kinds[k] == "step"
+
+
+def test_user_op_warns_once_per_class():
+    import warnings
+
+    class Triple(Op):
+        def make_node(self, x):
+            from tapegrad.graph import as_tensor
+
+            x = as_tensor(x)
+            return Apply(self, [x], [make_output(x.dtype, x.type.shape)])
+
+        def perform(self, node, inputs, output_storage):
+            output_storage[0][0] = inputs[0] * 3
+
+        def infer_shape(self, node, input_shapes):
+            return [input_shapes[0]]
+
+    x = var("float64", 1, "x")
+    y = Triple()(Triple()(O.exp(x)) + 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in (3, 4, 3):  # two plans, two instructions of the class: one warning
+            cpu = CPUEngine(build_tape([x], [y]))
+            got, _ = cpu.run([np.arange(float(n))], [])
+            np.testing.assert_allclose(got[0], 3 * (3 * np.exp(np.arange(float(n))) + 1))
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1, msgs
+    assert "Triple" in msgs[0] and "runs in Python inside a compiled function" in msgs[0]
+
+
+@pytest.mark.parametrize("tier", ["fused", "interp", None])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_tiers_with_callbacks_dynamic_shapes_and_updates(tier, dtype):
+    """Fused groups around user ops (one with a value-dependent shape), views and shared-variable updates."""
+    from tapegrad.compile import cpu as cpu_mod
+
+    x, w = var(dtype, 2, "x"), var(dtype, 1, "w")
+    h = O.tanh(x * w + 1) * O.exp(-x) - w
+    c = CumSum()(Halve()(h * 2 + 1))
+    y = O.exp(-c) * 3 + O.sqr(c) - c * c * c
+    s = SharedVariable(TensorType(dtype, (None,)), np.ones(4, dtype), name="s")
+    z = O.sum(h[:, ::2] * 2 + h[:, ::2] ** 2) + O.sum(s * s + 1)
+    tape = build_tape([x, w], [y, h, z], updates=[(s, s - O.sum(h * h - 1, axis=0) * 0.1)])
+    cpu = CPUEngine(tape, tier=tier)
+    for shape in [(3, 4), (3, 4), (0, 4), (5, 4)] + [(3, 4)] * (cpu_mod.FUSE_AFTER_USES + 2):
+        vals = [rand(shape, dtype), rand((4,), dtype)]
+        sh = [rand((4,), dtype)]
+        got, up = cpu.run(vals, sh)
+        want, wup = ReferenceEngine(tape).run(vals, sh)
+        assert_same(got + up, want + wup)
+        for plan in cpu._plans.values():
+            for st in plan.pending or ():
+                if st[0] == "group":
+                    st[1].kernel._done.wait(120)
+    if tier == "interp":
+        assert not cpu._last_plan.fused
+    else:
+        assert cpu._last_plan.fused
+        assert "fused" in cpu._last_plan.kinds.values() and "callback" in cpu._last_plan.kinds.values()
+
+
+def test_prepass_values_are_not_pinned_into_the_plan():
+    """Values the dynamic-shape pre-pass computes (ancestors of a user op without infer_shape) belong to one
+    call: a second call of the same signature must not reuse them (they once became plan-time constants)."""
+    x = var("float64", 2, "x")
+    h = O.tanh(x) * 2
+    c = CumSum()(h)
+    z = O.sum(h[:, ::2] * 2) + O.sum(c)
+    tape = build_tape([x], [z])
+    cpu, ref = CPUEngine(tape, tier="interp"), ReferenceEngine(tape)
+    for seed in range(3):
+        xv = np.random.default_rng(seed).uniform(-1, 1, (3, 4))
+        assert_same(cpu.run([xv], [])[0], ref.run([xv], [])[0])

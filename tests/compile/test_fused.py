@@ -227,3 +227,112 @@ def test_disk_cache_across_processes(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
             .stdout.split() for _ in range(2)]
     assert runs[0][0] == "False" and runs[1][0] == "True" and int(runs[1][1]) >= 2
+
+
+# --------------------------------------------------------------------------- the fused tier inside CPUEngine
+def _cpu_engines(tape):
+    """CPUEngine at each tier; "auto" is driven until its fused plan is swapped in."""
+    from tapegrad.compile.cpu import CPUEngine
+
+    return {tier: CPUEngine(tape, tier=tier) for tier in ("fused", "interp", None)}
+
+
+def _wait_auto(eng):
+    for plan in eng._plans.values():
+        for st in plan.pending or ():
+            if st[0] == "group":
+                st[1].kernel._done.wait(120)
+
+
+def _check_cpu(tape, inputs, shared=(), dtype="float64"):
+    from tapegrad.compile import cpu
+
+    ref_out, ref_up = ReferenceEngine(tape).run(inputs, shared)
+    engines = _cpu_engines(tape)
+    for tier, eng in engines.items():
+        for i in range(cpu.FUSE_AFTER_USES + 3):
+            if i == cpu.FUSE_AFTER_USES + 1:
+                _wait_auto(eng)
+            out, up = eng.run(inputs, shared)
+            assert len(out) == len(ref_out)
+            for a, b in zip(out + up, ref_out + ref_up):
+                assert a.shape == b.shape and a.dtype == b.dtype, tier
+                np.testing.assert_allclose(a, b, equal_nan=True, err_msg=f"tier={tier}", **TOL[dtype])
+    if engines["fused"]._last_plan is not None and engines["fused"]._last_plan.fused:
+        assert engines[None]._last_plan.fused  # auto swapped its fused plan in
+    assert not engines["interp"]._last_plan.fused
+    return engines
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_cpu_tiers_random_elementwise_graphs(dtype, data):
+    case = data.draw(random_graphs(dtype=dtype, n_ops=(1, 8), reductions=False, kinks=True, max_ndim=3))
+    tape, values = _graph_tape(case, with_grad=data.draw(st.booleans()))
+    _check_cpu(tape, values, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_cpu_tiers_random_graphs_with_reductions_and_size_zero(dtype, data):
+    case = data.draw(random_graphs(dtype=dtype, n_ops=(2, 8), reductions=True, allow_size_zero=True))
+    tape, values = _graph_tape(case, with_grad=True)
+    _check_cpu(tape, values, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_cpu_tiers_rosenbrock_value_grad_hvp(dtype, n):
+    x, v, cost = _rosenbrock(dtype)
+    tape = build_tape([x, v], [cost, tg.grad(cost, x), tg.hessian_vector_product(cost, x, v)])
+    rng = np.random.default_rng(n)
+    vals = [rng.uniform(-1, 1, n).astype(dtype), rng.uniform(-1, 1, n).astype(dtype)]
+    engines = _check_cpu(tape, vals, dtype=dtype)
+    plan = engines["fused"]._last_plan
+    assert sum(p1 - p0 for p0, p1, _ in plan.fused) >= 40
+    assert list(plan.kinds.values()).count("fused") >= 40
+
+
+@pytest.mark.parametrize("tier", ["fused", "interp", None])
+def test_cpu_tiers_through_function(tier):
+    x, v, cost = _rosenbrock()
+    f = tg.function([x, v], [cost, tg.grad(cost, x), tg.hessian_vector_product(cost, x, v)], device="cpu",
+                    tier=tier)
+    ref = tg.function([x, v], [cost, tg.grad(cost, x), tg.hessian_vector_product(cost, x, v)], device="python")
+    rng = np.random.default_rng(3)
+    xs = [rng.uniform(-1, 1, 33), rng.uniform(-1, 1, 33)]
+    want = ref(*xs)
+    for _ in range(5):
+        for a, b in zip(f(*xs), want):
+            np.testing.assert_allclose(a, b, **TOL["float64"])
+    if tier == "fused":
+        assert f._engine._last_plan.fused
+    if tier == "interp":
+        assert not f._engine._last_plan.fused
+
+
+def test_cpu_fused_strided_and_broadcast_view_inputs():
+    """Group inputs that are non-contiguous views (transpose, step slices) and broadcasts, with buffer reuse
+    all around (a group's outputs must never share a block with the inputs its loop still reads)."""
+    a = TensorType("float64", (None, None))("a")
+    b = TensorType("float64", (None,))("b")
+    at = a.T
+    y = O.exp(at * 2 - b) + O.sqr(at) * b
+    z = O.tanh(y) * y + 1
+    w = O.sum(z * z - y, axis=0)
+    u = (w * 3 + 1) ** 2 - w
+    c = O.sum(a[::2] * 2 + 1) + O.sum(u)
+    tape = build_tape([a, b], [z, u, c, tg.grad(c, [a, b])[0]])
+    rng = np.random.default_rng(0)
+    _check_cpu(tape, [rng.uniform(-1, 1, (6, 5)), rng.uniform(-1, 1, 6)])
+
+
+def test_cpu_fused_int_bool_members():
+    i = TensorType("int64", (None,))("i")
+    x = TensorType("float64", (None,))("x")
+    y = O.switch((i > 2) & (x < 0.5), i * 3 - 1, (i % 3) + O.maximum(i, 1))
+    z = O.cast(y, "float64") * x + (x >= 0)
+    tape = build_tape([i, x], [y, z])
+    _check_cpu(tape, [np.arange(-5, 7, dtype=np.int64), np.linspace(-1, 1, 12)])
