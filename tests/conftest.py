@@ -15,6 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+# the shared row checkers of tests/ops/ get pytest's assertion messages too
+pytest.register_assert_rewrite("tests.ops.checks")
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
 

@@ -18,8 +18,8 @@ from tapegrad.config import config
 from tapegrad.graph import Constant, Variable, as_tensor, constant, is_float_dtype
 from tapegrad.op import Apply, Op, disconnected_type, make_output
 from tapegrad.ops.shape import (
-    Join, _axis, _cast, _fmt, _gcast, _grad_dtype, _merge, _missing, _zeros, as_int_scalar, as_shape_vector,
-    dimshuffle, flatten, static_entries, static_int, static_value,
+    Join, _ShapeArgOp, _axis, _cast, _fmt, _gcast, _grad_dtype, _merge, _missing, _zeros, as_int_scalar,
+    as_shape_vector, dimshuffle, flatten, static_entries, static_int, static_value,
 )  # fmt: skip
 from tapegrad.registry import registered
 
@@ -31,7 +31,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------- alloc
 @registered(name="ALLOC", code=306)
-class Alloc(Op):
+class Alloc(_ShapeArgOp):
     """``alloc(value, shape)``: ``value`` broadcast to ``shape`` (a fresh array), as ``np.broadcast_to``.
 
     Linear in ``value``: tangent ``alloc(u, shape)``; adjoint ``sum_like(g, value)``.
@@ -71,15 +71,6 @@ class Alloc(Op):
             ) from None
         output_storage[0][0] = y
 
-    def infer_shape(self, node, input_shapes):
-        out = node.outputs[0].type.shape
-        if None in out:
-            raise NotImplementedError("alloc: the output shape depends on the shape argument's value")
-        return [out]
-
-    def connection_pattern(self, node):
-        return [[True], [False]]
-
     def L_op(self, inputs, outputs, output_grads):
         from tapegrad.ops.broadcast import sum_like
 
@@ -89,10 +80,6 @@ class Alloc(Op):
         if not (s == t and None not in s):
             g = sum_like(g, value)
         return [_gcast(g, value), disconnected_type()]
-
-    def R_op(self, inputs, eval_points):
-        u = eval_points[0]
-        return [None if u is None else self(u, inputs[1])]
 
 
 _alloc = Alloc()

@@ -336,8 +336,29 @@ def _reshape_static(x, entries, opname="reshape"):
     return tuple(out)
 
 
+class _ShapeArgOp(Op):
+    """Base of the ops ``f(x, shape)`` whose second input is an int shape vector (``reshape``, ``alloc``).
+
+    The output's static shape is known only where the shape argument folds to constants; no
+    gradient flows to the shape argument; linear in ``x`` (tangent ``f(u, shape)``).
+    """
+
+    def infer_shape(self, node, input_shapes):
+        out = node.outputs[0].type.shape
+        if None in out:
+            raise NotImplementedError(f"{self.code.lower()}: the output shape depends on the shape argument's value")
+        return [out]
+
+    def connection_pattern(self, node):
+        return [[True], [False]]
+
+    def R_op(self, inputs, eval_points):
+        u = eval_points[0]
+        return [None if u is None else self(u, inputs[1])]
+
+
 @registered(name="RESHAPE", code=300)
-class Reshape(Op):
+class Reshape(_ShapeArgOp):
     """``reshape(x, shape)`` with ``shape`` an int64 vector of length ``ndim`` (one entry may be -1).
 
     Linear: tangent ``reshape(u, shape)``; adjoint ``reshape(g, shape(x))``.
@@ -371,23 +392,10 @@ class Reshape(Op):
             ) from None
         output_storage[0][0] = y
 
-    def infer_shape(self, node, input_shapes):
-        out = node.outputs[0].type.shape
-        if None in out:
-            raise NotImplementedError("reshape: the output shape depends on the shape argument's value")
-        return [out]
-
-    def connection_pattern(self, node):
-        return [[True], [False]]
-
     def L_op(self, inputs, outputs, output_grads):
         x, _ = inputs
         g = Reshape(x.ndim)(output_grads[0], shape_vector_of(x))
         return [_gcast(g, x), disconnected_type()]
-
-    def R_op(self, inputs, eval_points):
-        u = eval_points[0]
-        return [None if u is None else self(u, inputs[1])]
 
 
 def reshape(x, shape, ndim=None):
@@ -618,9 +626,8 @@ def _merged_shape(tensors, skip, opname):
     return out
 
 
-@registered(name="JOIN", code=303)
-class Join(Op):
-    """``concatenate(tensors, axis)``.  Linear: tangent joins the tangents; adjoint splits ``g``."""
+class _JoinOp(Op):
+    """Base of ``Join`` and ``Stack``: ``op(*tensors)`` along ``axis``, linear in every input."""
 
     __props__ = ("axis",)
     kind = "linear"
@@ -628,14 +635,31 @@ class Join(Op):
     def __init__(self, axis):
         self.axis = int(axis)
 
-    def make_node(self, *tensors):
+    @staticmethod
+    def _inputs(tensors, opname, same):
+        """The inputs as tensors, and their common rank (ValueError when none or when the ranks differ)."""
         tensors = [as_tensor(t) for t in tensors]
         if not tensors:
-            raise ValueError("concatenate: need at least one tensor")
+            raise ValueError(f"{opname}: need at least one tensor")
         nd = tensors[0].ndim
         if any(t.ndim != nd for t in tensors):
-            raise ValueError(f"concatenate: all inputs must have the same number of dimensions, got "
+            raise ValueError(f"{opname}: all inputs must have the same {same}, got "
                              f"{', '.join(f'{t} {t.type}' for t in tensors)}")
+        return tensors, nd
+
+    def R_op(self, inputs, eval_points):
+        if all(u is None for u in eval_points):
+            return [None]
+        dt = _tangent_dtype(self(*inputs))
+        return [self(*[_zeros(x, dt) if u is None else _cast(u, dt) for x, u in zip(inputs, eval_points)])]
+
+
+@registered(name="JOIN", code=303)
+class Join(_JoinOp):
+    """``concatenate(tensors, axis)``.  Linear: tangent joins the tangents; adjoint splits ``g``."""
+
+    def make_node(self, *tensors):
+        tensors, nd = self._inputs(tensors, "concatenate", "number of dimensions")
         if not 0 <= self.axis < nd:
             raise ValueError(f"concatenate: axis {self.axis} is out of bounds for {nd} dimension(s)")
         out = _merged_shape(tensors, self.axis, "concatenate")
@@ -667,13 +691,6 @@ class Join(Op):
         pieces = Split(len(inputs), self.axis).make_node(g, sizes).outputs
         return [_gcast(p, x) for p, x in zip(pieces, inputs)]
 
-    def R_op(self, inputs, eval_points):
-        if all(u is None for u in eval_points):
-            return [None]
-        dt = _tangent_dtype(self(*inputs)) if len(inputs) else config.floatX
-        us = [_zeros(x, dt) if u is None else _cast(u, dt) for x, u in zip(inputs, eval_points)]
-        return [self(*us)]
-
 
 def concatenate(tensors, axis=0):
     """Join ``tensors`` along an existing ``axis`` (``np.concatenate``); dtype by NumPy promotion."""
@@ -693,26 +710,14 @@ def join(axis, *tensors):
 
 
 @registered(name="STACK", code=304)
-class Stack(Op):
+class Stack(_JoinOp):
     """``stack(tensors, axis)``: join along a new axis (also builds int vectors from scalars).
 
     Linear: tangent stacks the tangents; adjoint splits ``g`` and drops the axis.
     """
 
-    __props__ = ("axis",)
-    kind = "linear"
-
-    def __init__(self, axis):
-        self.axis = int(axis)
-
     def make_node(self, *tensors):
-        tensors = [as_tensor(t) for t in tensors]
-        if not tensors:
-            raise ValueError("stack: need at least one tensor")
-        nd = tensors[0].ndim
-        if any(t.ndim != nd for t in tensors):
-            raise ValueError(f"stack: all inputs must have the same shape, got "
-                             f"{', '.join(f'{t} {t.type}' for t in tensors)}")
+        tensors, nd = self._inputs(tensors, "stack", "shape")
         if not 0 <= self.axis <= nd:
             raise ValueError(f"stack: axis {self.axis} is out of bounds for {nd + 1} dimension(s)")
         out = _merged_shape(tensors, None, "stack")
@@ -741,12 +746,6 @@ class Stack(Op):
         drop = DimShuffle(g.ndim, [a for a in range(g.ndim) if a != self.axis])
         pieces = [g] if n == 1 else Split(n, self.axis).make_node(g, constant(np.ones(n, "int64"))).outputs
         return [_gcast(drop(p), x) for p, x in zip(pieces, inputs)]
-
-    def R_op(self, inputs, eval_points):
-        if all(u is None for u in eval_points):
-            return [None]
-        dt = _tangent_dtype(self(*inputs))
-        return [self(*[_zeros(x, dt) if u is None else _cast(u, dt) for x, u in zip(inputs, eval_points)])]
 
 
 def stack(tensors, axis=0):

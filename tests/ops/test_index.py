@@ -12,6 +12,7 @@ from tapegrad.gradient import Lop, Rop, grad
 from tapegrad.op import is_disconnected
 from tapegrad.ops import index as I
 from tapegrad.registry import all_codes
+from tests.ops.checks import row_inputs, row_wrt
 from tests.ops.specs_index import ROWS
 
 
@@ -20,30 +21,13 @@ def ev(out, givens=None):
 
 
 # --------------------------------------------------------------------------- the spec rows
-def _row_inputs(row, dtype, rng):
-    variables, values = [], []
-    for k, shape in enumerate(row.shapes):
-        dom = row.domain[k] if len(row.domain) > 1 else row.domain[0]
-        dt = "int64" if k in row.int_inputs else dtype
-        if callable(dom):
-            v = np.asarray(dom(rng, shape, dt), dtype=dt)
-        elif k in row.int_inputs:
-            v = rng.integers(int(dom[0]), int(dom[1]), size=shape)
-        else:
-            v = rng.uniform(*dom, size=shape).astype(dt)
-        static = row.static[k] if row.static and row.static[k] is not None else (None,) * len(shape)
-        variables.append(tg.tensor(f"in{k}", dtype=dt, shape=static))
-        values.append(v)
-    return variables, values
-
-
 CASES = [pytest.param(row, dt, id=f"{row.id}-{dt}") for row in ROWS for dt in row.dtypes]
 
 
 @pytest.mark.parametrize("row, dtype", CASES)
 def test_row(row, dtype):
     rng = np.random.default_rng(0)
-    variables, values = _row_inputs(row, dtype, rng)
+    variables, values = row_inputs(row, dtype, rng)
     out = row.build(*variables)
     givens = dict(zip(variables, values))
     y = ev(out, givens)
@@ -53,7 +37,7 @@ def test_row(row, dtype):
     assert out.type.is_compatible_shape(y.shape)
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
 
-    wrt = list(row.wrt) if row.wrt is not None else [k for k in range(len(values)) if k not in row.int_inputs]
+    wrt = list(row_wrt(row))
     v = rng.standard_normal(y.shape).astype(dtype)
     us = [rng.standard_normal(values[k].shape).astype(dtype) for k in wrt]
     wvars = [variables[k] for k in wrt]

@@ -1,7 +1,7 @@
 """softmax, log_softmax, relu (``tapegrad/ops/nn.py``): values, stability, dtypes, errors, derivative rules.
 
 The spec rows of ``specs_nn.py`` are run here with the row checkers of
-``test_linalg.py`` (reference evaluator, central differences, exact adjoint).
+``tests/ops/checks.py`` (reference evaluator, central differences, exact adjoint).
 """
 
 from __future__ import annotations
@@ -16,35 +16,12 @@ from tapegrad.gradient import Lop, Rop, grad
 from tapegrad.ops import nn as N
 from tapegrad.ops.elemwise import sin
 from tapegrad.registry import all_codes, code_of
+from tests.ops.checks import check_hvp_adjoint, row_tests
 from tests.ops.specs_nn import ROWS, np_log_softmax, np_softmax
-from tests.ops.test_linalg import (
-    check_hvp_adjoint,
-    check_row_derivatives_float32,
-    check_row_derivatives_float64,
-    check_row_value,
-)
 
 
 # --------------------------------------------------------------------------- the spec rows
-@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_row_value_and_static_shape(row):
-    check_row_value(row)
-
-
-DIFF_ROWS = [r for r in ROWS if r.differentiable]
-
-
-@pytest.mark.parametrize("row", DIFF_ROWS, ids=[r.id for r in DIFF_ROWS])
-def test_row_derivatives_float64(row):
-    check_row_derivatives_float64(row)
-
-
-F32_ROWS = [r for r in DIFF_ROWS if "float32" in r.dtypes]
-
-
-@pytest.mark.parametrize("row", F32_ROWS, ids=[r.id for r in F32_ROWS])
-def test_row_derivatives_float32(row):
-    check_row_derivatives_float32(row)
+test_row_value_and_static_shape, test_row_derivatives_float64, test_row_derivatives_float32 = row_tests(ROWS)
 
 
 def test_every_nn_code_has_a_row():

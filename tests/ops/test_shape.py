@@ -25,6 +25,7 @@ import importlib
 A = importlib.import_module("tapegrad.ops.alloc")
 S = importlib.import_module("tapegrad.ops.shape")
 from tapegrad.registry import all_codes
+from tests.ops.checks import inner, row_inputs, row_wrt
 from tests.ops.specs_shape import ROWS
 
 RTOL = {"float64": 1e-12, "float32": 1e-5}
@@ -32,26 +33,6 @@ ADJ_RTOL = {"float64": 1e-12, "float32": 1e-5}
 
 
 # --------------------------------------------------------------------------- the row runner
-def _inputs(row, dtype, rng):
-    variables, values = [], []
-    domains = row.domain if len(row.domain) == len(row.shapes) else row.domain * len(row.shapes)
-    for i, shp in enumerate(row.shapes):
-        static = row.static[i] if row.static is not None else (None,) * len(shp)
-        dom = domains[i]
-        dt = "int64" if i in row.int_inputs else dtype
-        if callable(dom):
-            val = np.asarray(dom(rng, shp, dt)).astype(dt)
-        else:
-            val = rng.uniform(dom[0], dom[1], size=shp).astype(dt)
-        variables.append(Variable(TensorType(dt, static), name=f"x{i}"))
-        values.append(val)
-    return variables, values
-
-
-def _vdot(a, b):
-    return float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
-
-
 def _adjoint_check(f_of, xs, xvals, ys, rng, dtype, what):
     """``<v, Rop(y, x, u)> == <Lop(y, x, v), u>`` for the graph ``ys`` of ``xs`` (others fixed by ``f_of``)."""
     us = [rng.standard_normal(np.shape(v)).astype(x.dtype) for x, v in zip(xs, xvals)]
@@ -65,8 +46,8 @@ def _adjoint_check(f_of, xs, xvals, ys, rng, dtype, what):
         assert t.dtype == y.dtype and t.shape == evaluate([y], f_of)[0].shape, what
     for g, x, v in zip(jtv, xs, xvals):
         assert g.dtype == x.dtype and g.shape == np.shape(v), f"{what}: Lop dtype/shape {g.dtype}{g.shape}"
-    lhs = sum(_vdot(v, t) for v, t in zip(vs, ju))
-    rhs = sum(_vdot(g, u) for g, u in zip(jtv, us))
+    lhs = sum(inner(v, t) for v, t in zip(vs, ju))
+    rhs = sum(inner(g, u) for g, u in zip(jtv, us))
     mag = sum(np.sum(np.abs(np.asarray(v, float) * t)) for v, t in zip(vs, ju)) + 1e-300
     assert abs(lhs - rhs) <= ADJ_RTOL[dtype] * (mag + sum(np.sum(np.abs(g * u)) for g, u in zip(jtv, us))), (
         f"{what}: <v, Ju> = {lhs} but <J^T v, u> = {rhs}"
@@ -80,7 +61,7 @@ def test_row(row, dtype):
     if dtype not in row.dtypes:
         pytest.skip("dtype not in row")
     rng = np.random.default_rng(1234)
-    xs, vals = _inputs(row, dtype, rng)
+    xs, vals = row_inputs(row, dtype, rng)
     out = row.build(*xs)
     env = dict(zip(xs, vals))
     (y,) = evaluate([out], env)
@@ -93,7 +74,7 @@ def test_row(row, dtype):
         np.testing.assert_allclose(y, want, rtol=RTOL[dtype], atol=RTOL[dtype])
     if not row.differentiable:
         return
-    wrt_idx = row.wrt if row.wrt is not None else [i for i in range(len(xs)) if i not in row.int_inputs]
+    wrt_idx = row_wrt(row)
     wrt = [xs[i] for i in wrt_idx]
     wvals = [vals[i] for i in wrt_idx]
     us, (ju,) = _adjoint_check(env, wrt, wvals, [out], rng, dtype, f"{row.id} adjoint")
