@@ -28,6 +28,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOL = {"float64": dict(rtol=1e-12, atol=1e-300), "float32": dict(rtol=1e-5, atol=1e-30)}
 
 
+def _tol(dtype, ref, scale_rtol=1e-5):
+    """``TOL[dtype]``; for float32 the absolute floor is 1e-5 of the result's scale.
+
+    A float32 result that cancels to ~0 (e.g. -0.9 + 1.8 * sigmoid(0)) keeps one
+    rounding of its operands, which a fused loop may round differently: its
+    relative error is then 1, while its error against the result's scale is ~1e-7.
+    """
+    tol = dict(TOL[dtype])
+    if dtype == "float32":
+        finite = np.abs(np.asarray(ref, dtype=np.float64))
+        finite = finite[np.isfinite(finite)]
+        tol["atol"] = max(tol["atol"], scale_rtol * float(finite.max()) if finite.size else 0.0)
+    return tol
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fused_dir(tmp_path_factory):
     """A fresh cache folder for generated modules (the cold path is what these tests exercise)."""
@@ -56,7 +71,7 @@ def _check(tape, inputs, shared=(), dtype="float64", min_group=1):
         assert len(out) == len(ref_out)
         for a, b in zip(out + up, ref_out + ref_up):
             assert a.shape == b.shape and a.dtype == b.dtype
-            np.testing.assert_allclose(a, b, equal_nan=True, **TOL[dtype])
+            np.testing.assert_allclose(a, b, equal_nan=True, **_tol(dtype, b))
     return eng
 
 
@@ -257,7 +272,11 @@ def _check_cpu(tape, inputs, shared=(), dtype="float64"):
             assert len(out) == len(ref_out)
             for a, b in zip(out + up, ref_out + ref_up):
                 assert a.shape == b.shape and a.dtype == b.dtype, tier
-                np.testing.assert_allclose(a, b, equal_nan=True, err_msg=f"tier={tier}", **TOL[dtype])
+                # random float32 graphs cancel: a 1-ulp libm difference (pow, exp2) amplified by
+                # arccos' slope reached 2e-5 of the result's scale in tier 0 and in fused loops alike
+                np.testing.assert_allclose(
+                    a, b, equal_nan=True, err_msg=f"tier={tier}", **_tol(dtype, b, scale_rtol=1e-4)
+                )
     if engines["fused"]._last_plan is not None and engines["fused"]._last_plan.fused:
         assert engines[None]._last_plan.fused  # auto swapped its fused plan in
     assert not engines["interp"]._last_plan.fused
