@@ -12,10 +12,12 @@ from tapegrad.ops import linalg as _linalg
 from tapegrad.ops import modifiers as _modifiers
 from tapegrad.ops import nn as _nn
 from tapegrad.ops import reduce as _reduce
+from tapegrad.ops import cumulative as _cumulative  # noqa: I001  (after reduce, which loads it)
 from tapegrad.ops import shape as _shape
 from tapegrad.ops import solve as _solve  # noqa: F401  (registers tg.linalg ops; not top-level names)
 from tapegrad.ops.alloc import *  # noqa: F401,F403
 from tapegrad.ops.broadcast import broadcast_like, sum_like  # noqa: F401
+from tapegrad.ops.cumulative import *  # noqa: F401,F403
 from tapegrad.ops.elemwise import *  # noqa: F401,F403
 from tapegrad.ops.elemwise import ELEMWISE, Cast, Elemwise, ScalarSpec, azmul, cast, upcast  # noqa: F401
 from tapegrad.ops.index import *  # noqa: F401,F403
@@ -36,6 +38,6 @@ def _public(module):
 
 
 __all__ = sorted(
-    set().union(*(_public(m) for m in (_alloc, _elemwise, _index, _linalg, _modifiers, _nn, _reduce, _shape)))
+    set().union(*(_public(m) for m in (_alloc, _cumulative, _elemwise, _index, _linalg, _modifiers, _nn, _reduce, _shape)))
     | {"broadcast_like", "sum_like", "azmul", "cast", "map_rows", "scan"}
 )

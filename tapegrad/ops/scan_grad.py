@@ -1,0 +1,227 @@
+"""``ScanGrad`` (``SCAN_GRAD``, 651): the reverse sweep of a ``Scan`` loop.
+
+Split out of :mod:`tapegrad.ops.scan` (see its docstring for the design);
+that module imports this one after ``Scan`` is registered, so the
+registration order is unchanged, and re-exports ``ScanGrad``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tapegrad.config import config
+from tapegrad.graph import Constant, TensorType, Variable, as_tensor, is_float_dtype
+from tapegrad.op import Apply, NullType, Op, disconnected_type
+from tapegrad.ops.checkpoint import schedule_for
+from tapegrad.ops.scan import _as_dtype
+from tapegrad.registry import registered
+
+
+# --------------------------------------------------------------------------- ScanGrad
+@registered(name="SCAN_GRAD", code=651)
+class ScanGrad(Op):
+    """The reverse sweep of a ``Scan``: gradients of ``<c, outputs>`` w.r.t. its float inputs.
+
+    Inputs ``[n_steps, x.., s(0).., p.., c_j..]`` (``c_j``: one cotangent per float
+    output ``j`` of the loop, in ``cot_outputs`` order, shaped like that output);
+    outputs one gradient per float primal input (``wrt``, positions among
+    ``x.., s(0).., p..``): ``x_bar`` per step, ``s_bar(0)``, ``p_bar`` summed over steps.
+
+    The adjoint body is the inner graph's ``Lop``: inner inputs
+    ``[x[t].., s(t).., p.., lambda(t+1)[float states].., y_bar[t][float nit-sots]..]``,
+    outputs ``[x_bar[t].., s_bar(t).., p_bar[t]..]`` for the float inner inputs.
+    ``perform`` runs the action list of :func:`schedule_for` (``checkpoint`` of
+    the loop): ``advance`` steps the forward (state) body, ``adjoint`` the adjoint
+    body with ``lambda(t+1) = s_bar(t+1) + c_state[t]``; a tape engine can run the
+    same action list (it depends on ``n`` and ``snapshots`` only) with two
+    sub-tapes and ``snapshots + 1`` state buffers.
+    """
+
+    kind = "general"
+
+    def __init__(self, scan_op):
+        from tapegrad.gradient import grad
+
+        op = self.scan_op = scan_op
+        self.checkpoint, self.snapshots = op.checkpoint, op.snapshots
+        self.wrt = [i for i, x in enumerate(op.inner_inputs) if is_float_dtype(x.dtype)]
+        self.cot_outputs = [j for j, o in enumerate(op.inner_outputs) if is_float_dtype(o.dtype)]
+        self.cots = [op.inner_outputs[j].type(f"{'lambda' if j < op.n_state else 'y_bar'}{j}")
+                     for j in self.cot_outputs]
+        known = {}
+        for j, c in zip(self.cot_outputs, self.cots):
+            o = op.inner_outputs[j]
+            if isinstance(o, Constant):
+                continue
+            known[o] = c if o not in known else known[o] + c
+        self.null = None
+        if known and self.wrt:
+            g = grad(None, [op.inner_inputs[i] for i in self.wrt], known_grads=known, disconnected_inputs="ignore",
+                     return_disconnected="zero", null_gradients="return")
+            self.null = next((v for v in g if isinstance(v.type, NullType)), None)
+        else:
+            from tapegrad.ops import zeros_like
+
+            g = [zeros_like(op.inner_inputs[i]) for i in self.wrt]
+        self.adjoint_inputs = op.inner_inputs + self.cots
+        self.adjoint_outputs = [_as_dtype(v, op.inner_inputs[i].dtype) if self.null is None else v
+                                for v, i in zip(g, self.wrt)]
+        self._fn = None
+        self._augmented = {}
+
+    def __eq__(self, other):
+        return self is other
+
+    def __hash__(self):
+        return id(self)
+
+    def __str__(self):
+        snaps = "" if self.snapshots is None else f", snapshots={self.snapshots}"
+        return f"ScanGrad{{{self.checkpoint}{snaps} of {self.scan_op}}}"
+
+    __repr__ = __str__
+
+    def encode(self):
+        ints, _ = self.scan_op.encode()
+        return ints + (len(self.wrt), len(self.cot_outputs)), ()
+
+    def make_node(self, n_steps, *inputs):
+        op = self.scan_op
+        fwd = op.make_node(n_steps, *inputs[: op.n_inner])
+        cots = [as_tensor(c) for c in inputs[op.n_inner:]]
+        if len(cots) != len(self.cot_outputs):
+            raise TypeError(f"{self}: expected {len(self.cot_outputs)} cotangents, got {len(cots)}")
+        for c, j in zip(cots, self.cot_outputs):
+            o = fwd.outputs[j]
+            if c.ndim != o.ndim:
+                raise TypeError(f"{self}: cotangent of output {j} has {c.ndim} dimension(s), the output {o.ndim}")
+        cots = [_as_dtype(c, fwd.outputs[j].dtype) for c, j in zip(cots, self.cot_outputs)]
+        primal = fwd.inputs[1:]
+        outs = [Variable(TensorType(primal[i].dtype, primal[i].type.shape)) for i in self.wrt]
+        return Apply(self, [fwd.inputs[0]] + primal + cots, outs)
+
+    def infer_shape(self, node, input_shapes):
+        return [tuple(input_shapes[1 + i]) for i in self.wrt]
+
+    def adjoint_function(self):
+        if self._fn is None:
+            from tapegrad.compile.function import function
+
+            self._fn = function(self.adjoint_inputs, self.adjoint_outputs, device="python",
+                                on_unused_input="ignore", name="scan adjoint body")
+        return self._fn
+
+    def perform(self, node, inputs, output_storage):
+        op = self.scan_op
+        ns, nk = op.n_seq, op.n_state
+        seqs, inits, nonseqs = op._split(inputs[1: 1 + op.n_inner])
+        cots = list(inputs[1 + op.n_inner:])
+        n = op.length(inputs[0], seqs)
+        if n == 0 and any(op.keep_last):
+            raise IndexError("scan: index -1 is out of bounds for a loop of 0 steps")
+        primal = seqs + inits + nonseqs
+        grads = {i: np.zeros(np.shape(primal[i]), dtype=op.inner_inputs[i].dtype) for i in self.wrt}
+        cot_of = dict(zip(self.cot_outputs, cots))
+        state_cots = [j for j in self.cot_outputs if j < nk]
+        nit_cots = [j for j in self.cot_outputs if j >= nk]
+        # lambda: adjoint of the state after the current step
+        lam = {k: np.zeros(np.shape(inits[k]), dtype=op.inner_inputs[ns + k].dtype) for k in state_cots}
+        step = op.function("states") if nk else None
+        adjoint = self.adjoint_function()
+
+        def cot_at(j, t):
+            c = cot_of[j]
+            if not op.keep_last[j]:
+                return c[t]
+            return c if t == n - 1 else np.zeros_like(c)
+
+        slots = {0: [np.asarray(v) for v in inits]}
+        cur, t_cur = slots[0], 0
+        for act in schedule_for(self.checkpoint, n, self.snapshots):
+            kind = act[0]
+            if kind == "restore":
+                cur, t_cur = slots[act[1]], act[2]
+            elif kind == "advance":
+                for t in range(act[1], act[2]):
+                    outs = step(*[s[t] for s in seqs], *cur, *nonseqs) if nk else []
+                    cur = [op.check_state(k, outs[k], cur[k], t) for k in range(nk)]
+                t_cur = act[2]
+            elif kind == "store":
+                slots[act[1]] = cur
+            elif kind == "free":
+                del slots[act[1]]
+            else:  # adjoint of step t, cur = state before step t
+                t = act[1]
+                assert t == t_cur, (t, t_cur)
+                lam_in = [lam[j] + cot_at(j, t) for j in state_cots]
+                y_bar = [cot_at(j, t) for j in nit_cots]
+                res = adjoint(*[s[t] for s in seqs], *cur, *nonseqs, *lam_in, *y_bar)
+                for i, g in zip(self.wrt, res):
+                    if i < ns:
+                        grads[i][t] = g
+                    elif i < ns + nk:
+                        if i - ns in lam:
+                            lam[i - ns] = np.asarray(g)
+                    else:
+                        grads[i] += g
+        for k in state_cots:
+            if ns + k in grads:
+                grads[ns + k] = lam[k] if n else grads[ns + k]
+        for st, i in zip(output_storage, self.wrt):
+            st[0] = np.array(grads[i], dtype=op.inner_inputs[i].dtype, copy=True)
+
+    # -- derivatives of the gradient
+    def connection_pattern(self, node):
+        n_in = 1 + self.scan_op.n_inner + len(self.cot_outputs)
+        return [[False] * len(self.wrt)] + [[True] * len(self.wrt) for _ in range(n_in - 1)]
+
+    def R_op(self, inputs, eval_points):
+        """Tangent of ``J(z)^T c``: the ``ScanGrad`` of the tangent loop with cotangents ``(c_dot, c)``."""
+        from tapegrad.ops import zeros_like
+
+        op = self.scan_op
+        z_dot = list(eval_points[1: 1 + op.n_inner])
+        c_dot = list(eval_points[1 + op.n_inner:])
+        cots = list(inputs[1 + op.n_inner:])
+        live = [p is not None for p in z_dot]
+        T, info = op.tangent_scan(live) if any(live) else (None, None)
+        if T is None:
+            if all(c is None for c in c_dot):
+                return [None] * len(self.wrt)
+            c_dot = [zeros_like(c) if d is None else d for c, d in zip(cots, c_dot)]
+            res = self(*inputs[: 1 + op.n_inner], *c_dot)
+            return res if isinstance(res, list) else [res]
+        GT = T.grad_op()
+        cot_by_out = dict(zip(self.cot_outputs, zip(cots, c_dot)))
+        t_cots = []
+        primal_pos = {p: j for j, p in enumerate(info["primal_out"])}
+        for jt in GT.cot_outputs:
+            if jt in primal_pos:
+                c, d = cot_by_out[primal_pos[jt]]
+                t_cots.append(zeros_like(c) if d is None else d)
+            else:
+                t_cots.append(cot_by_out[info["tangent_of"][jt]][0])
+        res = GT(*op.tangent_inputs(inputs[: 1 + op.n_inner], z_dot, info), *t_cots)
+        res = res if isinstance(res, list) else [res]
+        return [res[GT.wrt.index(info["primal_in"][i])] for i in self.wrt]
+
+    def L_op(self, inputs, outputs, output_grads):
+        """Reverse over reverse: ``z_bar = d(J^T c)/dz . w`` (symmetric) and ``c_bar = J w``."""
+        from tapegrad.ops import zeros_like
+
+        op = self.scan_op
+        w = dict(zip(self.wrt, output_grads))
+        z_dot = [w.get(i) for i in range(op.n_inner)]
+        points = [None] + z_dot + [None] * len(self.cot_outputs)
+        z_bar = self.R_op(inputs, points)
+        c_bar = op.R_op(inputs[: 1 + op.n_inner], [None] + z_dot)
+        result = [disconnected_type()]
+        zb = dict(zip(self.wrt, z_bar))
+        for i, x in enumerate(inputs[1: 1 + op.n_inner]):
+            if i in zb:
+                result.append(zeros_like(x) if zb[i] is None else zb[i])
+            else:
+                result.append(zeros_like(x, dtype=config.floatX))
+        for j, c in zip(self.cot_outputs, inputs[1 + op.n_inner:]):
+            result.append(zeros_like(c) if c_bar[j] is None else _as_dtype(c_bar[j], c.dtype))
+        return result
