@@ -126,9 +126,10 @@ def test_perf_script_runs_on_tiny_sizes():
     spec = importlib.util.spec_from_file_location("scan_memory", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.run([40], 64, out=lambda line: None)  # warm-up: first-use imports and caches are not the schedule's memory
+    mod.run([10], 16, out=lambda line: None)  # warm-up: first-use imports and caches are not the schedule's memory
     lines = []
-    rows = mod.run([40], 64, out=lines.append)
+    # big enough that stored states (200 x 512 float64 = 800 kB for "all") dominate fixed overheads
+    rows = mod.run([200], 512, out=lines.append)
     assert [r["mode"] for r in rows] == ["all", "binomial"]
-    assert rows[1]["ratio"] < 1.0 and rows[1]["states"] <= rows[1]["snapshots"] + 2
+    assert rows[1]["ratio"] < 0.5 and rows[1]["states"] <= rows[1]["snapshots"] + 2
     assert any("binomial" in line for line in lines)
