@@ -151,21 +151,17 @@ class CUDAEngine:
         return sorted(names)
 
     def node(self, k):
-        node = self.tape.nodes[k] if k < len(self.tape.nodes) else None
+        node = self._standins.get(k)
         if node is None:
-            node = self._standins.get(k)
-        if node is None:
-            from tapegrad.compile.reference import _Node, _slot_variable
+            from tapegrad.compile.reference import instr_node
 
-            t = self.tape
-            node = _Node(t.ops[k], [_slot_variable(t, int(s)) for s in t.instr_args(k)],
-                         [_slot_variable(t, int(s)) for s in t.instr_outs(k)])
-            self._standins[k] = node
+            node = self._standins[k] = instr_node(self.tape, k)
         return node
 
     def slot_name(self, s):
-        names = self.tape.slot_names
-        return names[s] if names and s < len(names) and names[s] else f"slot {s}"
+        from tapegrad.compile.reference import slot_label
+
+        return slot_label(self.tape, s)
 
     # ---------------------------------------------------------------- running
     def run(self, input_arrays, shared_arrays=(), return_device=False):

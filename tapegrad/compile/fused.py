@@ -445,16 +445,11 @@ class FusedCPUEngine:
 
     # ---------------------------------------------------------------- helpers
     def node(self, k):
-        node = self.tape.nodes[k] if k < len(self.tape.nodes) else None
+        node = self._standins.get(k)
         if node is None:
-            node = self._standins.get(k)
-        if node is None:
-            from tapegrad.compile.reference import _Node, _slot_variable
+            from tapegrad.compile.reference import instr_node
 
-            t = self.tape
-            node = _Node(t.ops[k], [_slot_variable(t, int(s)) for s in t.instr_args(k)],
-                         [_slot_variable(t, int(s)) for s in t.instr_outs(k)])
-            self._standins[k] = node
+            node = self._standins[k] = instr_node(self.tape, k)
         return node
 
     def _tier0(self):

@@ -53,6 +53,22 @@ class _Node:
         return self.outputs[0]
 
 
+def instr_node(tape, k):
+    """The Apply of instruction ``k``, or a stand-in with typed variables when the tape lost its graph
+    (after unpickling)."""
+    node = tape.nodes[k] if k < len(tape.nodes) else None
+    if node is None:
+        node = _Node(tape.ops[k], [_slot_variable(tape, int(s)) for s in tape.instr_args(k)],
+                     [_slot_variable(tape, int(s)) for s in tape.instr_outs(k)])
+    return node
+
+
+def slot_label(tape, s):
+    """A slot's name for messages (``slot 3`` when it has none)."""
+    names = tape.slot_names
+    return names[s] if names and s < len(names) and names[s] else f"slot {s}"
+
+
 def _slot_variable(tape, s):
     from tapegrad.graph import TensorType, Variable
     from tapegrad.registry import CODE_DTYPES
@@ -94,12 +110,7 @@ class ReferenceEngine:
         self._plan = []
         for k in range(len(tape)):
             args, outs = tape.instr_args(k).tolist(), tape.instr_outs(k).tolist()
-            node = tape.nodes[k] if k < len(tape.nodes) else None
-            if node is None:
-                node = _Node(
-                    tape.ops[k], [_slot_variable(tape, s) for s in args], [_slot_variable(tape, s) for s in outs]
-                )
-            self._plan.append((tape.ops[k], node, args, outs))
+            self._plan.append((tape.ops[k], instr_node(tape, k), args, outs))
 
     def _where(self, k):
         from tapegrad.tape.show import format_instr
