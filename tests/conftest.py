@@ -7,7 +7,12 @@ test module.  Default: ``.numba_cache/`` at the repository root.
 Hypothesis profiles: ``ci`` (chosen when the ``CI`` environment variable is
 set: derandomized, no example database) and ``dev`` (random); both have no
 deadline and modest example counts so the whole suite stays well under ten
-minutes on two cores.  ``HYPOTHESIS_PROFILE`` picks one explicitly.
+minutes on two cores.  ``HYPOTHESIS_PROFILE`` (or pytest's
+``--hypothesis-profile``) picks one explicitly.  ``fuzz`` is for local bug
+hunts, not CI: 1000 examples a test (``HYPOTHESIS_MAX_EXAMPLES`` overrides),
+random, with the example database so a failure replays; ``tests/test_fuzz.py``
+scales its per-op-kind and CUDA batches with it (about 10 minutes on two cores):
+``HYPOTHESIS_PROFILE=fuzz python -m pytest -q tests/test_fuzz.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ pytest.register_assert_rewrite("tests.ops.checks")
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
+# tier "auto" would compile a whole-tape program for every function called three times: in a suite of
+# thousands of small functions that is minutes of background compiling, so the suite keeps "auto" on the
+# interpreter and fused loops; tests/compile/test_program.py runs the program tier explicitly (and "auto"
+# with the default threshold patched back in)
+os.environ.setdefault("TAPEGRAD_PROGRAM_AFTER", "never")
 
 try:
     from hypothesis import HealthCheck, settings
@@ -37,6 +47,9 @@ if settings is not None:
     )
     settings.register_profile("ci", derandomize=True, database=None, **_common)
     settings.register_profile("dev", **_common)
+    settings.register_profile(
+        "fuzz", **{**_common, "max_examples": int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "1000"))}
+    )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 

@@ -147,20 +147,28 @@ def test_unknown_lengths_that_cannot_broadcast_fail_at_call_naming_op_shapes_and
     np.testing.assert_array_equal(f(np.ones(3), np.ones(1)), [2.0, 2.0, 2.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="CPU engine: CPUEngine._infer_shapes calls op.infer_shape without context, so the user gets "
-    "NumPy's 'shape mismatch: objects cannot be broadcast to a single shape' naming neither the op "
-    "nor the variables (the reference engine says 'add: shapes (3,) and (4,) of (pos, vel) ...')",
-)
-def test_cpu_runtime_broadcast_error_names_op_and_variables():
+@pytest.mark.parametrize("tier", ["interp", "fused"])
+def test_cpu_runtime_broadcast_error_names_op_and_variables(tier):
+    # unknown lengths: the CPU engine finds the mismatch while planning the call (infer_shape) and words it
+    # as the reference engine's perform does: the op, both shapes, the user's variables
     pos, vel = tg.vector("pos"), tg.vector("vel")
-    f = tg.function([pos, vel], pos + vel, device="cpu")
+    f = tg.function([pos, vel], pos + vel, device="cpu", tier=tier)
     with pytest.raises(ValueError) as e:
         f(np.ones(3), np.ones(4))
-    _names_all(str(e.value), "(3,)", "(4,)")
-    _names_all(str(e.value), "add", "pos", "vel")
+    assert type(e.value) is ValueError
+    first = str(e.value).splitlines()[0]
+    assert first == "add: shapes (3,) and (4,) of (pos, vel) cannot be broadcast together", str(e.value)
+    with pytest.raises(ValueError) as ref:
+        fn([pos, vel], pos + vel)(np.ones(3), np.ones(4))
+    assert str(ref.value).splitlines()[0] == first  # the same first line as device="python"
+    _names_all(str(e.value), "CPU engine", "tape instruction 0")
+    W = tg.matrix("W")
+    g = tg.function([W, pos], tg.dot(W, pos), device="cpu", tier=tier)
+    with pytest.raises(ValueError) as e:
+        g(np.ones((2, 3)), np.ones(4))
+    _names_all(str(e.value), "dot", "(2, 3)", "(4,)", "(W, pos)")
+    np.testing.assert_array_equal(f(np.ones(3), np.ones(1)), [2.0, 2.0, 2.0])  # length 1 broadcasts
+    np.testing.assert_array_equal(g(np.ones((2, 3)), np.arange(3.0)), [3.0, 3.0])  # callable again
 
 
 # --------------------------------------------------------------------------- grad

@@ -42,6 +42,8 @@ re-entrant: one call at a time per engine (arenas belong to the plan).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from tapegrad.compile.kernels.core import (
@@ -402,8 +404,8 @@ class CPUEngine:
     """Run a :class:`~tapegrad.tape.format.Tape` with the compiled interpreter."""
 
     def __init__(self, tape, tier=None):
-        if tier not in (None, "auto", "fused", "interp"):
-            raise ValueError(f"CPU engine: tier must be None, 'auto', 'fused' or 'interp', got {tier!r}")
+        if tier not in (None, "auto", "fused", "interp", "program"):
+            raise ValueError(f"CPU engine: tier must be None, 'auto', 'fused', 'program' or 'interp', got {tier!r}")
         self.tape = tape
         self.tier = "auto" if tier is None else tier
         self.interp, native, self._groups = _interp()
@@ -441,6 +443,9 @@ class CPUEngine:
                 self.segments.append((False, k))
                 k += 1
         self._plans = {}
+        self._programs = {}  # signature -> EngineProgram, or False (no program: tiers 0/1)
+        self.program_error = None  # why the last program was not made (Unsupported, compile error)
+        self.fast = None  # the program of the last signature run by one: Function's fast path
         self._standins = {}
         self._dynamic = set()
         self._producer = {}
@@ -535,11 +540,43 @@ class CPUEngine:
                 if self.tier == "fused":
                     sched = self._fusion(shapes, const_instrs, background=False)
                 plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs, sched)
-            elif self.tier == "auto":
+            elif self.tier == "auto" and (self._dynamic or self._programs.get(full_key, True) is False):
                 plan = self._auto(full_key, plan)
             plan.uses += 1
             self._last_plan = plan
+            if self.tier in ("auto", "program") and not self._dynamic:
+                prog = self._program(full_key, plan)
+                if prog is not None:
+                    return prog.run(inputs, shared)
             return plan.execute(inputs, shared, known)
+
+    # ---------------------------------------------------------------- program tier
+    def _program(self, key, plan):
+        """The ready whole-tape program of this signature (tier "program": compiled now; "auto": after
+        PROGRAM_AFTER_USES calls, in the background), or None (not ready, or the tape has no program)."""
+        prog = self._programs.get(key)
+        if prog is None:
+            if self.tier == "auto":
+                if PROGRAM_AFTER_USES is None:
+                    self._programs[key] = False
+                    return None
+                if plan.uses < PROGRAM_AFTER_USES:
+                    return None
+            from tapegrad.compile.program import EngineProgram
+
+            prog = self._programs[key] = EngineProgram.make(self, plan, background=self.tier == "auto") or False
+            if prog is not False and prog.error is not None:
+                self.program_error = prog.error
+                prog = self._programs[key] = False
+        if prog is False:
+            return None
+        if not prog.ready():
+            if prog.failed():
+                self.program_error = prog.error
+                self._programs[key] = False
+            return None
+        self.fast = prog
+        return prog
 
     # ---------------------------------------------------------------- fused tier
     def _fusion(self, shapes, const_instrs, background):
@@ -641,6 +678,8 @@ class CPUEngine:
                     node = self.node(k)
                     try:
                         res = op.infer_shape(node, [shapes[s] for s in args])
+                    except ValueError as e:  # shapes that cannot go together (e.g. cannot broadcast)
+                        raise shape_error(tape, k, node, [shapes[s] for s in args], e, "CPU engine") from None
                     except NotImplementedError:
                         in_shapes, in_vals = [shapes[s] for s in args], [vals.get(int(s)) for s in args]
                         res = _value_shape(self.names[k], in_shapes, in_vals)
@@ -729,6 +768,22 @@ class CPUEngine:
 
 FUSE_MIN_GROUP = 2  # smallest fused group worth a loop of its own
 FUSE_AFTER_USES = 3  # tier "auto": calls of a signature before its groups are compiled in the background
+def _program_after(default=3):
+    """``$TAPEGRAD_PROGRAM_AFTER``: calls of a signature (tier "auto") before its whole-tape program is compiled
+    in the background; ``never`` (or a negative number) keeps tier "auto" on the interpreter and fused loops."""
+    v = os.environ.get("TAPEGRAD_PROGRAM_AFTER", "").strip().lower()
+    if not v:
+        return default
+    if v in ("never", "off", "no", "false"):
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        return default
+    return None if n < 0 else n
+
+
+PROGRAM_AFTER_USES = _program_after()  # None: tier "auto" never compiles programs
 _WARNED_OPS = set()
 
 
@@ -779,6 +834,37 @@ def _value_shape(name, in_shapes, in_vals):
         n, m = int(in_vals[0]), int(in_vals[1])
         return [(n, m)] if n >= 0 and m >= 0 else None
     return None
+
+
+def _op_label(op):
+    """The op as users call it: an elementwise op's name (``add``), else its class name, lower-cased for
+    tapegrad's own ops (``dot``, ``matmul``, ``join``) and as written for user ops."""
+    name = getattr(op, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    cls = type(op)
+    return cls.__name__.lower() if cls.__module__.startswith("tapegrad.") else cls.__name__
+
+
+def shape_error(tape, k, node, in_shapes, exc, engine):
+    """The ``ValueError`` for instruction ``k`` whose ``infer_shape`` rejected the input shapes ``in_shapes``
+    (raising ``exc``), worded as the reference engine's ``perform`` words it: the op, both (all) shapes and
+    the user's variables, e.g. ``add: shapes (3,) and (4,) of (pos, vel) cannot be broadcast together``
+    (other ops: ``... do not match: <exc>``), then where in the tape.  ``engine`` names the engine."""
+    from tapegrad.compile.reference import slot_label
+    from tapegrad.tape.show import format_instr
+
+    op = tape.ops[k]
+    shapes = " and ".join(str(tuple(int(n) for n in s)) for s in in_shapes)
+    names = ", ".join(str(x) for x in node.inputs)
+    if getattr(op, "kind", None) == "elementwise":
+        head = f"{_op_label(op)}: shapes {shapes} of ({names}) cannot be broadcast together"
+    else:
+        head = f"{_op_label(op)}: shapes {shapes} of ({names}) do not match: {exc}"
+    ins = ", ".join(slot_label(tape, int(s)) for s in tape.instr_args(k))
+    outs = ", ".join(slot_label(tape, int(s)) for s in tape.instr_outs(k))
+    return ValueError(f"{head}\n  {engine}: while planning {op} on ({ins}) giving {outs}; tape instruction {k}: "
+                      f"{format_instr(tape, k)}")
 
 
 class _Dynamic(Exception):

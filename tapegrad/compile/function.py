@@ -14,7 +14,7 @@ from tapegrad.tape.build import build_tape, check_computable, normalize_updates
 
 _MISSING = object()
 DEVICES = ("python", "cpu", "cuda")
-TIERS = (None, "interp", "fused")
+TIERS = (None, "interp", "fused", "program")
 _ENGINES = {"cpu": ("tapegrad.compile.cpu", "CPUEngine"), "cuda": ("tapegrad.compile.cuda", "CUDAEngine")}
 
 
@@ -139,6 +139,7 @@ class Function:
         self._input_types = [x.type for x in self.inputs]
         self._input_names = [_label(x) for x in self.inputs]
         self._engine = _make_engine(_engine_class(device), tape, nan_guard=nan_guard, tier=tier)
+        self._fast = None  # set once the program tier runs this function: see __call__
 
     # -- calling
     def _filter_args(self, args, kwargs):
@@ -176,6 +177,11 @@ class Function:
         return f"function {self.name!r}" if self.name else "the function"
 
     def __call__(self, *args, return_device=False, **kwargs):
+        fast = self._fast
+        if fast is not None and not kwargs:
+            res = fast(args)
+            if res is not None:
+                return res[0] if self.single else list(res)
         values = self._filter_args(args, kwargs)
         shared = [sv.get_value(borrow=True) for sv in self.tape.shared]
         if return_device and self.device == "cuda":
@@ -189,7 +195,52 @@ class Function:
             for sv, v in zip(targets, checked):
                 sv.set_value(v, borrow=True)
         outputs = list(outputs)
+        if (self._fast is None and not self.tape.shared and not isinstance(self._engine, _NanGuard)
+                and getattr(self._engine, "fast", None) is not None):
+            self._fast = self._engine.fast.fast_call()  # the program tier is ready: later calls skip the checks
         return outputs[0] if self.single else outputs
+
+    # -- numba interop
+    @property
+    def njit(self):
+        """An ``@njit``-callable entry for inputs shaped like the last call's (see :meth:`as_njit`)."""
+        return self.as_njit()
+
+    def as_njit(self, *example_args):
+        """A Numba function ``entry(*inputs) -> tuple of outputs`` that user ``@njit`` code can call in a loop
+        (an integrator, an optimizer) without returning to Python.
+
+        It is this function's whole-tape program (the ``"program"`` tier) for one input-shape signature: that
+        of ``example_args`` (which are evaluated once), else of the last call.  Inputs must be C-contiguous
+        arrays of the input dtypes and exactly those shapes (a ValueError otherwise); 0-d outputs come back as
+        scalars, the others as fresh arrays.  Needs ``device="cpu"``, no shared variables, and a tape whose
+        every instruction has a program template (``NotImplementedError`` names the one that has none).
+        """
+        if self.device != "cpu":
+            raise ValueError(f"njit entry of {self._what()}: needs device='cpu', this function runs on "
+                             f"{self.device!r}")
+        if self.tape.shared:
+            raise NotImplementedError(f"njit entry of {self._what()}: functions with shared variables or updates have no "
+                                      "njit entry (updates are applied by the Python wrapper)")
+        engine = self._engine.engine if isinstance(self._engine, _NanGuard) else self._engine
+        if example_args:
+            self(*example_args)
+        plan = getattr(engine, "_last_plan", None)
+        if plan is None:
+            raise ValueError(f"njit entry of {self._what()}: call the function once first, or pass example arguments to "
+                             "as_njit(...), so the input shapes are known")
+        shapes = tuple(tuple(plan.shapes[s]) for s in self.tape.input_slots)
+        cache = self.__dict__.setdefault("_njit_entries", {})
+        entry = cache.get(shapes)
+        if entry is None:
+            from tapegrad.compile.program import EngineProgram, njit_entry
+
+            prog = EngineProgram.make(engine, plan, background=False)
+            if prog is None:
+                raise NotImplementedError(f"njit entry of {self._what()}: the tape has an instruction without a program "
+                                          f"template ({engine.program_error})")
+            entry = cache[shapes] = njit_entry(prog, self._input_names)
+        return entry
 
     # -- inspection
     def __repr__(self):
@@ -200,13 +251,14 @@ class Function:
 
     # -- pickling: the tape and light stand-ins for the graph ends
     def __getstate__(self):
-        state = {k: v for k, v in self.__dict__.items() if k != "_engine"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_engine", "_fast", "_njit_entries")}
         state["inputs"] = [_standin(x) for x in self.inputs]
         state["outputs"] = [_standin(o) for o in self.outputs]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._fast = None
         self._engine = _make_engine(_engine_class(self.device), self.tape, nan_guard=self.nan_guard, tier=self.tier)
 
 
@@ -249,8 +301,12 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
     on_unused_input : {"raise", "warn", "ignore"}
         What to do when an input does not affect any output or update.
     name : str, optional
-    tier : {None, "interp", "fused"}
-        Execution tier hint for the compiled engines.
+    tier : {None, "interp", "fused", "program"}
+        Execution tier for the CPU engine.  None: start on the interpreter, then move up on its own (after a
+        few calls, a whole-tape program or fused loops compiled in the background).  "interp" pins the
+        interpreter; "fused" compiles the fused elementwise loops now; "program" compiles the whole tape
+        into one Numba function now (falling back to the interpreter when the tape has an instruction the
+        program tier has no template for).
     nan_guard : bool, optional
         Raise when an instruction turns finite values into NaN/inf
         (default ``tg.config.nan_guard``).

@@ -469,7 +469,13 @@ class FusedCPUEngine:
         for s, c in zip(tape.const_slots, tape.consts):
             shapes[s] = np.shape(c)
         for k in range(len(tape)):
-            res = tape.ops[k].infer_shape(self.node(k), [shapes[s] for s in tape.instr_args(k)])
+            in_shapes = [shapes[s] for s in tape.instr_args(k)]
+            try:
+                res = tape.ops[k].infer_shape(self.node(k), in_shapes)
+            except ValueError as e:  # shapes that cannot go together: worded as the other engines word it
+                from tapegrad.compile.cpu import shape_error
+
+                raise shape_error(tape, k, self.node(k), in_shapes, e, "fused engine") from None
             for s, sh in zip(tape.instr_outs(k), res):
                 shapes[s] = tuple(int(n) for n in sh)
         for s in range(tape.n_slots):

@@ -1,0 +1,206 @@
+"""The program tier (tapegrad/compile/program.py): one generated Numba function per tape and shape signature.
+
+Every case runs ``tier="program"`` against ``device="python"`` and checks that
+the program really ran (``engine._programs`` holds it, no fallback) — or, for
+tapes with an instruction that has no template, that the engine fell back to
+the interpreter with the same results.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad.compile import program as P
+
+RNG = np.random.default_rng(7)
+
+
+def _close(a, b, dtype="float64"):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
+    if a.dtype.kind == "f":
+        tol = 1e-12 if a.dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.max(np.abs(b), initial=0))))
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def _run(inputs, outputs, *args, expect_program=True):
+    ref = tg.function(inputs, outputs, device="python")(*args)
+    f = tg.function(inputs, outputs, device="cpu", tier="program")
+    got = f(*args)
+    progs = list(f._engine._programs.values())
+    if expect_program:
+        assert progs and progs[0] is not False, f"no program: {f._engine.program_error!r}"
+        assert progs[0].ready()
+    else:
+        assert progs == [False]
+        assert isinstance(f._engine.program_error, P.Unsupported)
+    ref_l = ref if isinstance(ref, list) else [ref]
+    got_l = got if isinstance(got, list) else [got]
+    assert len(ref_l) == len(got_l)
+    for a, b in zip(got_l, ref_l):
+        _close(a, b)
+    again = f(*args)  # the fast path (second call) gives the same
+    for a, b in zip(again if isinstance(again, list) else [again], ref_l):
+        _close(a, b)
+    return f
+
+
+def rosen(x):
+    return tg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+@pytest.mark.parametrize("n", [2, 3, 50])
+def test_rosenbrock_grad_and_hvp(n):
+    x, v = tg.dvector("x"), tg.dvector("v")
+    c = rosen(x)
+    xv, vv = RNG.uniform(-1.5, 1.5, n), RNG.standard_normal(n)
+    f = _run([x], [c, tg.grad(c, x)], xv)
+    src = next(iter(f._engine._programs.values())).program.source
+    assert src.count("for i in range(") == 2  # one fused loop (+ the deferred window add of the adjoint)
+    _run([x, v], [tg.hessian_vector_product(c, x, v)], xv, vv)
+
+
+def test_small_value_and_grad_is_one_loop_and_fast_path_returns_fresh_arrays():
+    x = tg.dvector("x")
+    c = tg.sum(tg.sin(x) * tg.exp(-(x ** 2)))
+    xv = RNG.standard_normal(10)
+    f = _run([x], [c, tg.grad(c, x)], xv)
+    src = next(iter(f._engine._programs.values())).program.source
+    assert src.count("for i in range(10)") == 1
+    assert f._fast is not None
+    a = f(xv)
+    b = f(xv)
+    assert a[1] is not b[1] and not np.shares_memory(a[1], b[1]) and not np.shares_memory(a[1], xv)
+    assert a[0].shape == () and isinstance(a[0], np.ndarray)
+    # a different shape or a non-contiguous argument leaves the fast path and is still right
+    big = RNG.standard_normal(20)
+    ref = tg.function([x], [c, tg.grad(c, x)], device="python")
+    for arg in (big, big[::2], list(xv)):
+        for u, w in zip(f(arg), ref(arg)):
+            _close(u, w)
+
+
+def test_reductions_over_axes_and_broadcasting():
+    X = tg.dmatrix("X")
+    r = tg.dvector("r")
+    y = tg.tanh(X * r + 1.0)
+    outs = [tg.sum(y, axis=0), tg.sum(y, axis=1, keepdims=True), tg.mean(y), tg.mean(y, axis=1),
+            tg.grad(tg.sum(tg.sum(y, axis=0) ** 2), [X, r])[1]]
+    _run([X, r], outs, RNG.standard_normal((4, 3)), RNG.standard_normal(3))
+
+
+def test_dot_matmul_transposes_and_grads():
+    A, B, x = tg.dmatrix("A"), tg.dmatrix("B"), tg.dvector("x")
+    y = tg.dot(A, x)
+    z = tg.matmul(A.T, B)
+    cost = tg.sum(tg.tanh(y) ** 2) + tg.sum(z * z) + tg.dot(x, x)
+    _run([A, B, x], [y, z, cost, *tg.grad(cost, [A, B, x])],
+         RNG.standard_normal((5, 4)), RNG.standard_normal((5, 3)), RNG.standard_normal(4))
+
+
+def test_float32_and_integer_inputs():
+    x = tg.fvector("x")
+    k = tg.lvector("k")
+    c = tg.sum(tg.exp(x) * tg.cast(k, "float32"))
+    _run([x, k], [c, tg.grad(c, x), k * 2 + 1], RNG.standard_normal(6).astype("float32"), np.arange(6))
+
+
+def test_roll_join_and_basic_index_writes():
+    u = tg.dvector("u")
+    F = tg.dscalar("F")
+    step = u + 0.01 * ((tg.roll(u, -1) - tg.roll(u, 2)) * tg.roll(u, 1) - u + F)
+    j = tg.concatenate([step, u[:2] * 2.0])
+    w = tg.set_subtensor(u[1:3], F)
+    v = tg.inc_subtensor(u[::2], 1.5)
+    loss = tg.sum(step ** 2) + tg.sum(w * v)  # (the gradient of a join splits at run-time sizes: no program)
+    _run([u, F], [step, j, w, v, loss, *tg.grad(loss, [u, F])], 8.0 + RNG.standard_normal(7), np.asarray(8.0))
+
+
+def test_matrix_roll_axis_and_dimshuffle():
+    X = tg.dmatrix("X")
+    y = tg.roll(X, 1, axis=1) * X.T.T + X.dimshuffle(1, 0).sum(axis=0)[:, None]
+    c = tg.sum(y ** 2)
+    _run([X], [y, tg.grad(c, X)], RNG.standard_normal((3, 4)))
+
+
+def test_unsupported_instruction_falls_back_with_the_same_results():
+    x = tg.dvector("x")
+    c = tg.sum(tg.cumsum(x) ** 2)
+    _run([x], [c, tg.grad(c, x)], RNG.standard_normal(5), expect_program=False)
+
+
+def test_zero_size_and_zero_d_inputs():
+    x, s = tg.dvector("x"), tg.dscalar("s")
+    c = tg.sum(x * s) + s ** 2
+    _run([x, s], [c, *tg.grad(c, [x, s])], np.zeros(0), np.asarray(1.5))
+    _run([x, s], [c, *tg.grad(c, [x, s])], RNG.standard_normal(3), np.asarray(-2.0))
+
+
+def test_ieee_semantics_survive_the_program():
+    x = tg.dvector("x")
+    outs = [x * 0.0, x - x, x / x, tg.grad(tg.sum(tg.sqrt(x) * 0.0), x)]
+    vals = np.array([np.inf, -np.inf, np.nan, 0.0, 2.0])
+    _run([x], outs, vals)
+
+
+def test_shared_updates_run_through_the_program():
+    w = tg.shared(np.arange(3.0), name="w")
+    x = tg.dvector("x")
+    c = tg.sum((w * x) ** 2)
+    f = tg.function([x], c, updates=[(w, w - 0.1 * tg.grad(c, w))], device="cpu", tier="program")
+    g = tg.function([x], c, updates=[(w, w - 0.1 * tg.grad(c, w))], device="python")
+    w0 = w.get_value().copy()
+    a = f(np.ones(3))
+    w1 = w.get_value().copy()
+    w.set_value(w0)
+    b = g(np.ones(3))
+    _close(a, b)
+    _close(w1, w.get_value())
+    assert next(iter(f._engine._programs.values())).ready()
+
+
+def test_auto_tier_moves_to_the_program_and_pickles(monkeypatch):
+    from tapegrad.compile import cpu as cpu_mod
+
+    monkeypatch.setattr(cpu_mod, "PROGRAM_AFTER_USES", 3)  # the library default (the suite sets "never")
+    x = tg.dvector("x")
+    c = tg.sum(tg.sin(x) ** 2)
+    f = tg.function([x], [c, tg.grad(c, x)], device="cpu")
+    xv = RNG.standard_normal(4)
+    ref = tg.function([x], [c, tg.grad(c, x)], device="python")(xv)
+    for _ in range(4):
+        f(xv)
+    prog = next(iter(f._engine._programs.values()))
+    prog.program.wait()
+    for _ in range(2):
+        out = f(xv)
+    assert f._fast is not None
+    for a, b in zip(out, ref):
+        _close(a, b)
+    g = pickle.loads(pickle.dumps(f))
+    for a, b in zip(g(xv), ref):
+        _close(a, b)
+
+
+def test_program_after_environment_knob(monkeypatch):
+    from tapegrad.compile import cpu as cpu_mod
+
+    for value, want in [("", 3), ("never", None), ("7", 7), ("-1", None), ("junk", 3)]:
+        monkeypatch.setenv("TAPEGRAD_PROGRAM_AFTER", value)
+        assert cpu_mod._program_after() == want
+
+
+def test_generated_source_is_cached_by_content():
+    x = tg.dvector("x")
+    c = tg.sum(tg.cos(x) * 3.0)
+    f1 = _run([x], [c], RNG.standard_normal(5))
+    f2 = _run([x], [c], RNG.standard_normal(5))
+    p1 = next(iter(f1._engine._programs.values())).program
+    p2 = next(iter(f2._engine._programs.values())).program
+    assert p1 is p2 and p1.name.startswith("tg_program_")
