@@ -57,6 +57,24 @@ from tapegrad.registry import CALLBACK, CODE_DTYPES, name_of
 _ALIGN = 8  # elements
 
 
+def _numba_ready():
+    """Load numba's lowering and typing registries now, with the engine module.  numba does it lazily on the
+    first call of any compiled function (importing numba.np.*, scipy's BLAS bindings: 0.4-0.8 s on a 2-core
+    machine), which would land on the first call of the first function; here it is part of the import."""
+    if os.environ.get("TAPEGRAD_LAZY_NUMBA"):
+        return
+    try:
+        from numba.core.registry import cpu_target
+
+        cpu_target.target_context.refresh()
+        cpu_target.typing_context.refresh()
+    except Exception:  # noqa: BLE001 - numba will do it on the first call
+        pass
+
+
+_numba_ready()
+
+
 def _interp():
     from tapegrad.compile import _generated_dispatch as g
 
@@ -444,6 +462,7 @@ class CPUEngine:
                 k += 1
         self._plans = {}
         self._programs = {}  # signature -> EngineProgram, or False (no program: tiers 0/1)
+        self._cache_probed = {}  # signature -> True once the disk cache was checked for its program
         self.program_error = None  # why the last program was not made (Unsupported, compile error)
         self.fast = None  # the program of the last signature run by one: Function's fast path
         self._standins = {}
@@ -561,6 +580,20 @@ class CPUEngine:
                     self._programs[key] = False
                     return None
                 if plan.uses < PROGRAM_AFTER_USES:
+                    if plan.uses == 1 and not self._cache_probed.get(key):
+                        # a program an earlier process compiled loads from the disk cache in a fraction of a
+                        # second: use it from the first call on instead of warming up on the interpreter
+                        self._cache_probed[key] = True
+                        from tapegrad.compile.program import EngineProgram
+
+                        try:
+                            prog = EngineProgram.make(self, plan, background=False, only_if_cached=True)
+                        except Exception:  # noqa: BLE001 - a failed load: the usual path decides
+                            prog = None
+                        if prog is not None and prog.ready():
+                            self._programs[key] = prog
+                            self.fast = prog
+                            return prog
                     return None
             from tapegrad.compile.program import EngineProgram
 

@@ -1096,8 +1096,8 @@ class _Gen:
         for j in range(nk):
             o = outs[j]
             if op.keep_last[j]:
-                self.emit(f"    b{o}_last = {st[j]}.copy()")
-                self.loc[o] = _Loc(self.shapes[o], buf=f"b{o}_last", owned=True)
+                self.emit(f"    {self.prefix}b{o}_last = {st[j]}.copy()")
+                self.loc[o] = _Loc(self.shapes[o], buf=f"{self.prefix}b{o}_last", owned=True)
 
     def op_scan_grad(self, k, op, args, outs):
         from tapegrad.ops.checkpoint import schedule_for
@@ -1248,8 +1248,8 @@ class _Gen:
             if ns <= i < ns + nk:
                 j = i - ns
                 if j in lam:
-                    self.emit(f"    b{o}_g = {lam[j]}.copy()")
-                    self.loc[o] = _Loc(self.shapes[o], buf=f"b{o}_g", owned=True)
+                    self.emit(f"    {self.prefix}b{o}_g = {lam[j]}.copy()")
+                    self.loc[o] = _Loc(self.shapes[o], buf=f"{self.prefix}b{o}_g", owned=True)
                 else:
                     self.fresh(o, zero=True)
 
@@ -1284,7 +1284,7 @@ class _Gen:
         if any(n == 0 for s in (a, b) for n in self.shapes[s]):
             raise Unsupported("dot of an empty operand")
         sa, sb = self._as_array(a), self._as_array(b)
-        name = f"b{o}"
+        name = f"{self.prefix}b{o}"
         if self.shapes[o] == ():
             self.emit(f"    {name} = np.empty(1, np.{self.dtypes[o]})")
             self.emit(f"    {name}[0] = np.dot({sa}, {sb})")
@@ -1307,8 +1307,8 @@ class _Gen:
                 raise Unsupported("outer product of non-float or mixed dtypes")
             sa, sb = self._as_array(a), self._as_array(b)
             first, second = (sa, sb) if lo == la + lb else (sb, sa)
-            self.emit(f"    b{o} = np.outer({first}, {second}).reshape(-1)")
-            self.loc[o] = _Loc(self.shapes[o], buf=f"b{o}", owned=True)
+            self.emit(f"    {self.prefix}b{o} = np.outer({first}, {second}).reshape(-1)")
+            self.loc[o] = _Loc(self.shapes[o], buf=f"{self.prefix}b{o}", owned=True)
             return
         if len(con) != 1 or any(c in la and c in lb for c in lo) or sorted(fa + fb) != sorted(lo):
             return self._einsum_loops(a, b, o, la, lb, lo)
@@ -1321,7 +1321,7 @@ class _Gen:
             sa = f"{sa}.T"
         if len(lb) == 2 and lb[1] == con[0]:
             sb = f"{sb}.T"
-        name = f"b{o}"
+        name = f"{self.prefix}b{o}"
         if lo == tuple(fa + fb):
             expr = f"np.dot({sa}, {sb})"
         elif len(lo) == 2:  # (A B)^T = B^T A^T
@@ -1435,6 +1435,12 @@ class Program:
             fn.compile(tuple(_numba_type(a) for a in self._dummy()))
             self.from_cache = bool(fn.stats.cache_hits)
             self.fn = fn
+            if not self.cached():
+                try:
+                    with open(self.path + ".ok", "w") as f:
+                        f.write(os.environ.get("NUMBA_CACHE_DIR", ""))
+                except OSError:
+                    pass
         except BaseException as e:  # noqa: BLE001 - reported through .error; the engine stays on tier 0/1
             self.error = e
         finally:
@@ -1465,6 +1471,14 @@ class Program:
     def ready(self):
         return self._done.is_set() and self.fn is not None
 
+    def cached(self):
+        """True when an earlier process compiled this program into numba's disk cache (loading is quick)."""
+        try:
+            with open(self.path + ".ok") as f:
+                return f.read() == os.environ.get("NUMBA_CACHE_DIR", "") and os.path.exists(self.path)
+        except OSError:
+            return False
+
     def done(self):
         return self._done.is_set()
 
@@ -1478,13 +1492,17 @@ def _numba_type(a):
     return typeof(a)
 
 
-def get_program(source, consts, input_shapes, input_dtypes, n_outputs, background=False):
+def get_program(source, consts, input_shapes, input_dtypes, n_outputs, background=False, only_if_cached=False):
     p = Program(source, consts, input_shapes, input_dtypes, n_outputs)
     with _LOCK:
         q = _PROGRAMS.get(p.name)
         if q is None or len(q.consts) != len(p.consts) or not all(
                 np.array_equal(a, b) for a, b in zip(q.consts, p.consts)):
+            if only_if_cached and not p.cached():
+                return None
             _PROGRAMS[p.name] = q = p
+    if only_if_cached and not q.done():
+        background = False
     if background:
         q.start()
     else:
@@ -1507,8 +1525,9 @@ class EngineProgram:
         self._fast = None
 
     @classmethod
-    def make(cls, engine, plan, background):
-        """The engine's program for ``plan``'s signature, or None when the tape has no program."""
+    def make(cls, engine, plan, background, only_if_cached=False):
+        """The engine's program for ``plan``'s signature, or None when the tape has no program (or, with
+        ``only_if_cached``, when no earlier process left it in the disk cache)."""
         tape = engine.tape
         try:
             src, consts = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
@@ -1519,7 +1538,10 @@ class EngineProgram:
         in_dt = [engine.slot_dtypes[s] for s in tape.input_slots]
         sh_dt = [engine.slot_dtypes[s] for s in tape.shared_slots]
         shapes = [plan.shapes[s] for s in tape.input_slots] + [plan.shapes[s] for s in tape.shared_slots]
-        prog = get_program(src, consts, shapes, in_dt + sh_dt, len(tape.output_slots), background=background)
+        prog = get_program(src, consts, shapes, in_dt + sh_dt, len(tape.output_slots), background=background,
+                           only_if_cached=only_if_cached)
+        if prog is None:
+            return None
         res = list(tape.output_slots) + list(tape.update_slots)
         scalar = [engine.slot_dtypes[s] if tuple(plan.shapes[s]) == () else None for s in res]
         return cls(prog, in_dt, sh_dt, len(tape.output_slots), shapes[:len(in_dt)], scalar)

@@ -204,3 +204,56 @@ def test_generated_source_is_cached_by_content():
     p1 = next(iter(f1._engine._programs.values())).program
     p2 = next(iter(f2._engine._programs.values())).program
     assert p1 is p2 and p1.name.startswith("tg_program_")
+
+
+# --------------------------------------------------------------------------- loops
+def _l96(checkpoint, steps=30, snapshots=None):
+    u0, F = tg.dvector("u0"), tg.dscalar("F")
+
+    def step(u, F):
+        return u + 0.01 * ((tg.roll(u, -1) - tg.roll(u, 2)) * tg.roll(u, 1) - u + F)
+
+    us, _ = tg.scan(step, outputs_info=[u0], non_sequences=[F], n_steps=steps, checkpoint=checkpoint,
+                    snapshots=snapshots)
+    loss = tg.sum(us[-1] ** 2) + 0.1 * tg.sum(us ** 2)
+    return [u0, F], [loss, us, *tg.grad(loss, [u0, F])]
+
+
+@pytest.mark.parametrize("checkpoint, snapshots", [("all", None), ("binomial", 3)])
+def test_scan_value_and_gradient_run_as_loops_in_the_program(checkpoint, snapshots):
+    ins, outs = _l96(checkpoint, snapshots=snapshots)
+    args = (8.0 + RNG.standard_normal(12), np.asarray(8.0))
+    f = _run(ins, outs, *args)
+    src = next(iter(f._engine._programs.values())).program.source
+    assert "for t in range(30):" in src and "for a in range(" in src  # the forward loop, the action list
+
+
+def test_scan_with_sequences_matrix_state_and_per_step_outputs():
+    X = tg.dmatrix("X")  # a sequence of rows
+    W = tg.dmatrix("W")
+    H0 = tg.dmatrix("H0")
+
+    def step(x, H, W):
+        Hn = tg.tanh(tg.dot(H, W) + x)
+        return Hn, tg.sum(Hn ** 2)
+
+    (Hs, e), _ = tg.scan(step, sequences=[X], outputs_info=[H0, None], non_sequences=[W])
+    loss = tg.sum(e) + tg.sum(Hs[-1])
+    args = (RNG.standard_normal((5, 3)), 0.3 * RNG.standard_normal((3, 3)), RNG.standard_normal((2, 3)))
+    _run([X, W, H0], [Hs, e, loss, *tg.grad(loss, [X, W, H0])], *args)
+
+
+def test_scan_hvp_and_last_step_of_a_per_step_output():
+    x = tg.dvector("x")
+    a = tg.dscalar("a")
+
+    def step(s, a):
+        n = tg.sin(s) * a + 0.5 * s
+        return n, tg.sum(n * n)
+
+    (ss, e), _ = tg.scan(step, outputs_info=[x, None], non_sequences=[a], n_steps=6, checkpoint="binomial",
+                         snapshots=2)
+    cost = tg.sum(ss[-1] ** 2) + e[-1]
+    v = tg.dvector("v")
+    hv = tg.hessian_vector_product(cost, x, v)
+    _run([x, a, v], [cost, hv, tg.grad(cost, a)], RNG.standard_normal(4), np.asarray(0.7), RNG.standard_normal(4))
