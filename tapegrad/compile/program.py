@@ -144,6 +144,7 @@ class _Loop:
         rm = row_major(self.shape)
         self.flat = all(list(s) == list(rm) or not any(s) for s in operand_strides)
         self.dims = [d for d, n in enumerate(self.shape) if n != 1]
+        self.var = "i"  # the flat loop's index variable
 
     def open(self, emit, ind):
         """Emit the loop headers; returns the body indentation."""
@@ -160,7 +161,7 @@ class _Loop:
         if self.flat:
             if not any(strides):
                 return str(off)
-            return "i" if off == 0 else f"{off} + i"
+            return self.var if off == 0 else f"{off} + {self.var}"
         terms = [f"i{d} * {strides[d]}" if strides[d] != 1 else f"i{d}" for d in self.dims if strides[d]]
         if off or not terms:
             terms.insert(0, str(off))
@@ -377,6 +378,15 @@ class _Gen:
         if name == "ADD" and outs[0] in self.tree_root:
             self._tree_add(outs[0])
             return
+        if (name in ("SUM_LIKE", "BROADCAST_LIKE", "CAST", "SPECIFY_SHAPE", "IDENTITY") and len(outs) == 1
+                and self._before(args[0]) and self.shapes[args[0]] == self.shapes[outs[0]]
+                and self.dtypes[args[0]] == self.dtypes[outs[0]] and args[0] not in self.tree_root):
+            # a same-shape, same-dtype copy: the value is the input's (buffers are never written after the
+            # instruction that made them, so sharing one is safe; outputs are copied out if not owned)
+            lx = self.loc[args[0]]
+            self.loc[outs[0]] = _Loc(lx.shape, lit=lx.lit, buf=lx.buf, off=lx.off, strides=lx.strides)
+            self.lit_instrs.add(k)
+            return
         from tapegrad.tape.fuse import _member
 
         m = _member(tape, k, self.shapes, self.dtypes)
@@ -390,7 +400,7 @@ class _Gen:
                 return
             self.close()
             self.G = dict(shape=self.shapes[m.out], members=[m], in_loop={m.out}, after=set(), epi=[], pre=[],
-                          absorbed=set())
+                          absorbed=set(), unfilled={})
             self.loc[m.out] = _Loc(self.shapes[m.out], buf=None)
             return
         if self.G is not None and self._absorb(k, name, args, outs):
@@ -496,9 +506,9 @@ class _Gen:
             if not any(ws):
                 acc = self.tmp("s")
                 G["pre"].append(f"    {acc} = np.{_ACC.get(dt, dt)}(0)")
-                G["epi"].append(("acc", acc, x, _ACC.get(dt, dt), buf, scale, dt))
+                G["epi"].append(("acc", acc, x, _ACC.get(dt, dt), buf, scale, dt, o))
             else:
-                G["epi"].append(("sum", buf, x, ws, dt, scale))
+                G["epi"].append(("sum", buf, x, ws, dt, scale, o))
             G["after"].add(o)
             return True
         if name in ("SUBTENSOR_SCATTER", "INC_SUBTENSOR", "SET_SUBTENSOR") and len(args) == 2:
@@ -511,7 +521,7 @@ class _Gen:
                 return False
             if name != "SUBTENSOR_SCATTER" and not self._before(x):
                 return False
-            buf, mode = self._write_target(k, name, x, o)
+            buf, mode = self._write_target(k, name, x, o, in_group=True)
             G["epi"].append(("write", buf, r[0], tuple(r[2]), y, mode, self.dtypes[o]))
             G["after"].add(o)
             rt = self.tree_root.get(o)
@@ -520,21 +530,38 @@ class _Gen:
             return True
         return False
 
-    def _write_target(self, k, name, x, o):
+    def _write_target(self, k, name, x, o, in_group=False):
         """``(buffer, "=" or "+=")`` a basic-index write of instruction ``k`` writes into (its own fresh
-        buffer, or its accumulation tree's)."""
+        buffer, or its accumulation tree's).  A zero-based buffer started by a write inside the open group's
+        loop is left unfilled until the loop is emitted: the loop then assigns its first window and only the
+        rest is zeroed (see ``close``)."""
         rt = self.tree_root.get(o)
+        lazy = in_group and self.G is not None and self.hoist is None
         if rt is not None:
             if rt not in self.tree_started:
                 self.tree_started.add(rt)
-                self.fresh(rt, zero=True)
+                self.fresh(rt, zero=not lazy)
                 self._buffer_slot[self.loc[rt].buf] = rt
+                if lazy:
+                    self.G["unfilled"][self.loc[rt].buf] = self.loc[rt].size
+            elif not in_group:
+                self._fill_now(self.loc[rt].buf)
             self.loc[o] = self.loc[rt]
             return self.loc[rt].buf, "+="
         if name == "SUBTENSOR_SCATTER":
-            return self.fresh(o, zero=True), "="
+            buf = self.fresh(o, zero=not lazy)
+            if lazy:
+                self.G["unfilled"][buf] = self.loc[o].size
+            return buf, "+=" if lazy else "="
         self._broadcast_copy(x, o)
         return self.loc[o].buf, "+=" if name == "INC_SUBTENSOR" else "="
+
+    def _fill_now(self, buf):
+        """Zero a buffer whose fill the open group deferred, before a write outside the group's loop."""
+        G = self.G
+        if G is not None and buf in G["unfilled"]:
+            del G["unfilled"][buf]
+            self.emit(f"    {buf}[:] = 0")
 
     def _tree_add(self, o):
         """An ``add`` inside an accumulation tree: its value is the tree buffer (complete when the root's
@@ -567,6 +594,9 @@ class _Gen:
             src = e[2] if e[0] in ("acc", "sum") else e[4]
             if src not in mine and src not in ext:
                 ext.append(src)
+        # reductions nobody reads (the cost inside an HVP's tape: only its shape was used)
+        G["epi"] = [e for e in G["epi"] if e[0] not in ("acc", "sum") or e[-1] in self.pinned
+                    or any(r not in self.lit_instrs for r in self.readers.get(e[-1], ()))]
         ks = {m.k for m in members}
         outs = [m.out for m in members if m.out in self.pinned
                 or any(r not in ks and r not in G["absorbed"] and r not in self.lit_instrs
@@ -588,6 +618,7 @@ class _Gen:
         # read-modify-writes overlapping windows carries a dependence and cannot be vectorised, so every
         # window but the first is stored to a contiguous temporary and added in a second, simple loop
         deferred = {}
+        deferred_alloc = []
         first_window = {}
         size = int(np.prod(shape, dtype=np.int64))
         for e in G["epi"]:
@@ -598,40 +629,44 @@ class _Gen:
                     tname = self.tmp("w")
                     deferred[key] = (tname, "=" if n_writes == 1 else "+=")
                     fill = "empty" if n_writes == 1 else "zeros"
-                    self.emit(f"    {tname} = np.{fill}({max(size, 1)}, np.{e[6]})")
-        if size != 0:
+                    deferred_alloc.append(f"    {tname} = np.{fill}({max(size, 1)}, np.{e[6]})")
+        # buffers whose zero fill was deferred: a 1-d first window with unit stride is assigned by the loop
+        # (the sum of its writes) and only the rest is zeroed; otherwise zero everything now
+        direct = {}
+        for buf, total in G["unfilled"].items():
+            key = first_window.get(buf)
+            if key is not None and size and len(key[2]) == 1 and key[2][0] == 1 and isinstance(key[1], int):
+                direct[buf] = key
+        shifted_ok = self._shifted_plan(G, loop, shape, size, direct, deferred) is not None
+        if not shifted_ok:
+            for line in deferred_alloc:
+                self.emit(line)
+            for buf, total in G["unfilled"].items():
+                if buf in direct:
+                    off = direct[buf][1]
+                    if off > 0:
+                        self.emit(f"    {buf}[0:{off}] = 0")
+                    if off + size < total:
+                        self.emit(f"    {buf}[{off + size}:{total}] = 0")
+                else:
+                    self.emit(f"    {buf}[:] = 0")
+        shifted = self._shifted_plan(G, loop, shape, size, direct, deferred)
+        if shifted is not None:
+            self._emit_shifted(G, loop, members, ext, outs, shifted)
+            deferred = {}
+        elif size != 0:
             ind = loop.open(self.emit, "    ")
-            tn = {}
-            for s in ext:
-                if self.loc[s].lit is not None:
-                    tn[s] = self.loc[s].lit
-                else:
-                    v = self.tmp("a")
-                    self.emit(f"{ind}{v} = {self.read(s, loop)}")
-                    tn[s] = v
-            for m in members:
-                ops = [_convert(tn[s], self.dtypes[s], ld) for s, ld in zip(m.data_args, m.load_dtypes)]
-                if m.special:
-                    expr = {"pow0": "1", "pow1": f"{ops[0]}", "pow2": f"({ops[0]}) * ({ops[0]})"}[m.special]
-                    src = _result(expr, m.out_dtype)
-                elif m.kind == "copy":
-                    src = _convert(ops[0], m.load_dtypes[0], m.out_dtype)
-                else:
-                    spec = _specs()[m.code]
-                    tree = _Rename(ops).visit(ast.parse(spec.expr, mode="eval"))
-                    src = _result(ast.unparse(tree.body), m.out_dtype)
-                v = self.tmp("t")
-                self.emit(f"{ind}{v} = {src}")
-                tn[m.out] = v
+            tn = self._emit_eval(ind, loop, members, ext)
+            direct_vals = {}
             oi = loop.out_index()
             for s in outs:
                 self.emit(f"{ind}{self.loc[s].buf}[{oi}] = {tn[s]}")
             for e in G["epi"]:
                 if e[0] == "acc":
-                    _, acc, x, acc_dt, buf, scale, dt = e
+                    _, acc, x, acc_dt, buf, scale, dt, _o = e
                     self.emit(f"{ind}{acc} += {_convert(tn[x], self.dtypes[x], acc_dt)}")
                 elif e[0] == "sum":
-                    _, buf, x, ws, dt, scale = e
+                    _, buf, x, ws, dt, scale, _o = e
                     self.emit(f"{ind}{buf}[{loop.index(0, ws)}] += {_convert(tn[x], self.dtypes[x], dt)}")
                 else:
                     _, buf, off, rst, y, mode, dt = e
@@ -639,22 +674,156 @@ class _Gen:
                     if (buf, off, rst) in deferred:  # to a contiguous temporary: added after the loop
                         tname, how = deferred[buf, off, rst]
                         self.emit(f"{ind}{tname}[{oi}] {how} {val}")
+                    elif direct.get(buf) == (buf, off, rst):
+                        direct_vals.setdefault(buf, []).append(val)
                     else:
                         self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] {mode} {val}")
+            for buf, vals in direct_vals.items():
+                _, off, rst = direct[buf]
+                self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] = {' + '.join(vals)}")
         for (buf, off, rst), (tname, _) in deferred.items():
             if size:
                 ind = loop.open(self.emit, "    ")
                 self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] += {tname}[{loop.out_index()}]")
         for e in G["epi"]:
             if e[0] == "acc":
-                _, acc, x, acc_dt, buf, scale, dt = e
+                _, acc, x, acc_dt, buf, scale, dt, _o = e
                 self.emit(f"    {buf}[0] = {acc}")
                 if scale is not None:
                     self.emit(f"    {buf}[0] = {buf}[0] / np.{dt}({float(scale)!r})")
             elif e[0] == "sum" and e[5] is not None:
-                _, buf, x, ws, dt, scale = e
+                _, buf, x, ws, dt, scale, _o = e
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
+
+    def _emit_eval(self, ind, loop, members, ext, suffix=""):
+        """Emit the loads of ``ext`` and the scalar expressions of ``members`` at the loop's position;
+        returns slot -> source of its value."""
+        from tapegrad.compile.fused import _Rename, _convert, _result
+        from tapegrad.tape.fuse import _specs
+
+        tn = {}
+        for s in ext:
+            if self.loc[s].lit is not None:
+                tn[s] = self.loc[s].lit
+            else:
+                v = self.tmp("a")
+                self.emit(f"{ind}{v} = {self.read(s, loop)}")
+                tn[s] = v
+        for m in members:
+            ops = [_convert(tn[s], self.dtypes[s], ld) for s, ld in zip(m.data_args, m.load_dtypes)]
+            if m.special:
+                expr = {"pow0": "1", "pow1": f"{ops[0]}", "pow2": f"({ops[0]}) * ({ops[0]})"}[m.special]
+                src = _result(expr, m.out_dtype)
+            elif m.kind == "copy":
+                src = _convert(ops[0], m.load_dtypes[0], m.out_dtype)
+            else:
+                spec = _specs()[m.code]
+                tree = _Rename(ops).visit(ast.parse(spec.expr, mode="eval"))
+                src = _result(ast.unparse(tree.body), m.out_dtype)
+            v = self.tmp("t")
+            self.emit(f"{ind}{v} = {src}")
+            tn[m.out] = v
+        return tn
+
+    def _shifted_plan(self, G, loop, shape, size, direct, deferred):
+        """When every write of the group goes to one 1-d buffer at several unit-stride windows (the adjoint
+        of ``x[1:]``, ``x[:-1]``, ...), the windows are evaluated per *output position* instead: the loop
+        runs over the buffer in segments, and at each position evaluates the members at the index each
+        active window needs (recomputing them for the shifted windows) and stores the sum once (assigned
+        into a buffer whose zero fill was deferred, else added).  No temporary, no read-modify-write
+        carried between iterations: vectorisable.  Returns ``(buffer, length, offsets, assign)`` or None."""
+        if not deferred or not size or len(shape) != 1 or not loop.flat:
+            return None
+        writes = [e for e in G["epi"] if e[0] == "write"]
+        bufs = {e[1] for e in writes}
+        if len(bufs) != 1:
+            return None
+        (buf,) = bufs
+        if any(e[3] != (1,) or not isinstance(e[2], int) or e[5] != "+=" for e in writes):
+            return None
+        slot = self._buffer_slot.get(buf)
+        if buf in G["unfilled"]:
+            total, assign = G["unfilled"][buf], True
+        elif slot is not None and len(self.shapes[slot]) == 1:
+            total, assign = self.shapes[slot][0], False
+        else:
+            return None
+        windows = []
+        for e in writes:
+            if e[2] not in windows:
+                windows.append(e[2])
+        return buf, total, windows, assign
+
+    def _emit_shifted(self, G, loop, members, ext, outs, plan):
+        from tapegrad.compile.fused import _convert
+
+        buf, total, windows, assign = plan
+        m = loop.shape[0]
+        o_d = windows[0]
+        cuts = sorted({0, total} | {min(max(w, 0), total) for w in windows} | {min(max(w + m, 0), total)
+                                                                               for w in windows})
+        by_member = {mm.out: mm for mm in members}
+
+        def needed(slots):
+            """Members (in order) and external slots the values of ``slots`` need."""
+            need, stack = set(), list(slots)
+            while stack:
+                sl = stack.pop()
+                mm = by_member.get(sl)
+                if mm is not None and sl not in need:
+                    need.add(sl)
+                    stack.extend(mm.data_args)
+            ms = [mm for mm in members if mm.out in need]
+            ex = []
+            for mm in ms:
+                for sl in mm.data_args:
+                    if sl not in by_member and sl not in ex:
+                        ex.append(sl)
+            for sl in slots:
+                if sl not in by_member and sl not in ex:
+                    ex.append(sl)
+            return ms, ex
+
+        writes = {w: [e for e in G["epi"] if e[0] == "write" and e[1] == buf and e[2] == w] for w in windows}
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if a >= b:
+                continue
+            active = [w for w in windows if w <= a and b <= w + m]
+            if not active:
+                if assign:
+                    self.emit(f"    {buf}[{a}:{b}] = 0")
+                continue
+            self.emit(f"    for p in range({a}, {b}):")
+            ind = "        "
+            vals = []
+            for w in active:
+                var = "i" if w == o_d else self.tmp("j")
+                self.emit(f"{ind}{var} = p - {w}")
+                loop.var = var
+                if w == o_d:  # the primary evaluation: everything the group does, once per index
+                    tn = self._emit_eval(ind, loop, members, ext)
+                    oi = loop.out_index()
+                    for sl in outs:
+                        self.emit(f"{ind}{self.loc[sl].buf}[{oi}] = {tn[sl]}")
+                    for e in G["epi"]:
+                        if e[0] == "acc":
+                            _, acc, x, acc_dt, _b, scale, dt, _o = e
+                            self.emit(f"{ind}{acc} += {_convert(tn[x], self.dtypes[x], acc_dt)}")
+                        elif e[0] == "sum":
+                            _, sb, x, ws, dt, scale, _o = e
+                            self.emit(f"{ind}{sb}[{loop.index(0, ws)}] += {_convert(tn[x], self.dtypes[x], dt)}")
+                        elif e[1] != buf:
+                            _, wb, off, rst, y, mode, dt = e
+                            self.emit(f"{ind}{wb}[{loop.index(off, list(rst))}] {mode} "
+                                      f"{_convert(tn[y], self.dtypes[y], dt)}")
+                else:
+                    ys = [e[4] for e in writes[w]]
+                    ms, ex = needed(ys)
+                    tn = self._emit_eval(ind, loop, ms, ex)
+                vals += [_convert(tn[e[4]], self.dtypes[e[4]], e[6]) for e in writes[w]]
+                loop.var = "i"
+            self.emit(f"{ind}{buf}[p] {'=' if assign else '+='} {' + '.join(vals)}")
 
     def instruction(self, k):
         tape = self.tape
