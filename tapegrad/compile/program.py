@@ -1245,6 +1245,7 @@ class _Gen:
         for line in hoist:
             self.emit("    " + line)
         self.emit(f"    for t in range({n}):")
+        self.emit("        pass")
         for line in lines:
             self.emit("    " + line)
         for j, loc in enumerate(out_locs):
@@ -1359,6 +1360,7 @@ class _Gen:
         self.emit(f"{I * 3}pass")
         self.emit(f"{I * 2}elif kind == 1:")
         self.emit(f"{I * 3}for t in range(p1, p2):")
+        self.emit(f"{I * 4}pass")
         for line in step_lines:
             self.emit(I * 3 + line)
         for j, loc in enumerate(step_outs):
