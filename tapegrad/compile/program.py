@@ -992,6 +992,30 @@ class _Gen:
 
     op_mean = op_sum
 
+    def op_max(self, k, op, args, outs):
+        """``max``/``min`` over axes: NaN propagates (as NumPy), started from the first element's value."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64") or self.dtypes[x] != dt:
+            raise Unsupported(f"{op.opname} of {self.dtypes[x]}")
+        xshape = self.loc[x].shape
+        if int(np.prod(xshape, dtype=np.int64)) == 0:
+            raise Unsupported("zero-size extremum")
+        ws, _ = self._sum_axes(k, op, x, o)
+        buf = self.fresh(o)
+        fn = "s_maximum" if op.which == "max" else "s_minimum"
+        if dt == "int64":
+            fill = "np.int64(-9223372036854775808)" if op.which == "max" else "np.int64(9223372036854775807)"
+        else:
+            fill = f"np.{dt}({'-' if op.which == 'max' else ''}np.inf)"
+        self.emit(f"    {buf}[:] = {fill}")
+        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
+        ind = loop.open(self.emit, "    ")
+        idx = loop.index(0, ws)
+        self.emit(f"{ind}{buf}[{idx}] = {fn}({buf}[{idx}], {self.read(x, loop)})")
+
+    op_min = op_max
+
     def op_sum_like(self, k, op, args, outs):
         g, o = args[0], outs[0]
         gshape, oshape = self.loc[g].shape, self.shapes[o]

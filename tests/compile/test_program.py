@@ -270,3 +270,13 @@ def test_stencil_adjoint_with_three_windows(n):
     f = _run([x], [c, tg.grad(c, x)], xv)
     assert "] += w" not in next(iter(f._engine._programs.values())).program.source
     _run([x, v], [tg.hessian_vector_product(c, x, v)], xv, vv)
+
+
+def test_max_min_reductions_with_nan():
+    X = tg.dmatrix("X")
+    outs = [tg.max(X), tg.min(X, axis=0), tg.max(X, axis=1, keepdims=True)]
+    Xv = RNG.standard_normal((3, 4))
+    _run([X], outs, Xv)
+    Xn = Xv.copy()
+    Xn[1, 2] = np.nan
+    _run([X], outs, Xn)
