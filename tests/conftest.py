@@ -11,7 +11,7 @@ minutes on two cores.  ``HYPOTHESIS_PROFILE`` (or pytest's
 ``--hypothesis-profile``) picks one explicitly.  ``fuzz`` is for local bug
 hunts, not CI: 1000 examples a test (``HYPOTHESIS_MAX_EXAMPLES`` overrides),
 random, with the example database so a failure replays; ``tests/test_fuzz.py``
-scales its per-op-kind and CUDA batches with it (about 10 minutes on two cores):
+scales its per-op-kind and CUDA batches with it (about 3 minutes on two cores):
 ``HYPOTHESIS_PROFILE=fuzz python -m pytest -q tests/test_fuzz.py``.
 """
 

@@ -466,7 +466,11 @@ def check_grads(f, args, order=1, modes=("fwd", "rev"), eps=None, rtol=None, ato
         Central-difference step (default by dtype: float64 1e-5, float32 1e-2).
     rtol, atol : float, optional
         Tolerances (default rtol by dtype: float64 1e-5, float32 2e-2;
-        ``atol`` defaults to ``rtol`` times the largest expected magnitude).
+        ``atol`` 0).  ``"fwd"``: ``|Rop - fd| <= rtol * (max|fd| + |fd|) + atol``
+        elementwise; ``"rev"``: ``|<Lop, u> - <v, fd>| <= rtol * (sum|v * fd| +
+        sum|Lop * u|) + atol``.  ``atol`` is an absolute floor, for points where
+        the derivatives are all (nearly) zero and rounding noise such as 1e-220
+        would exceed any relative tolerance.
     rng : Generator, RandomState or int, optional
         Source of directions (default: fixed seed).
     mode : str, optional
@@ -500,7 +504,7 @@ def check_grads(f, args, order=1, modes=("fwd", "rev"), eps=None, rtol=None, ato
     tangents = [_normal(rng, a.shape) for a in args]
     fd = _central_jvp(fn, args, tangents, eps)
     scale = builtins.max([float(np.max(np.abs(t))) if t.size else 0.0 for t in fd] + [1e-30])
-    tol_abs = rtol * scale if atol is None else atol
+    tol_abs = rtol * scale + (0.0 if atol is None else atol)
 
     if "fwd" in modes:
         us = [_input_like(a, f"u{i}") for i, a in enumerate(args)]
@@ -521,7 +525,7 @@ def check_grads(f, args, order=1, modes=("fwd", "rev"), eps=None, rtol=None, ato
         mag = builtins.sum(_abs_vdot(c, e) for c, e in zip(cots, fd)) + builtins.sum(
             _abs_vdot(g, t) for g, t in zip(got, tangents)
         )
-        tol = (rtol * mag if atol is None else atol) + 1e-300
+        tol = rtol * mag + (0.0 if atol is None else atol) + 1e-300  # atol adds a floor, as in "fwd"
         if not abs(lhs - rhs) <= tol:
             raise AssertionError(
                 f"check_grads: order-1 rev (Lop): <Lop(f, x, v), u> = {lhs!r} but <v, finite-difference J u> = "
