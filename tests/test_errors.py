@@ -388,3 +388,25 @@ def test_messages_use_variable_names_not_ids():
     with pytest.raises(TypeError) as e:
         f(np.ones((2, 2)))
     assert "speed" in str(e.value) and not re.search(r"0x[0-9a-f]{6,}", str(e.value))
+
+
+def test_cuda_call_time_broadcast_error_names_op_shapes_and_variables():
+    """The CUDA engine words the call-time broadcast error as the other engines (simulator, subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, tapegrad as tg\n"
+        "pos, vel = tg.dvector('pos'), tg.dvector('vel')\n"
+        "f = tg.function([pos, vel], pos + vel, device='cuda')\n"
+        "try:\n"
+        "    f(np.ones(3), np.ones(4))\n"
+        "except ValueError as e:\n"
+        "    print('MSG', str(e).splitlines()[0])\n"
+        "    print('ENGINE', 'CUDA engine: while planning' in str(e))\n"
+    )
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "MSG add: shapes (3,) and (4,) of (pos, vel) cannot be broadcast together" in out.stdout, out.stderr
+    assert "ENGINE True" in out.stdout

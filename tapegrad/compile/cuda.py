@@ -208,10 +208,15 @@ class CUDAEngine:
             elif k in self._dynamic:
                 raise _Dynamic(k)
             else:
+                in_shapes = [shapes[s] for s in tape.instr_args(k)]
                 try:
-                    res = tape.ops[k].infer_shape(self.node(k), [shapes[s] for s in tape.instr_args(k)])
+                    res = tape.ops[k].infer_shape(self.node(k), in_shapes)
                 except NotImplementedError:
                     raise _Dynamic(k) from None
+                except ValueError as e:  # shapes that cannot go together: worded as the other engines word it
+                    from tapegrad.compile.cpu import shape_error
+
+                    raise shape_error(tape, k, self.node(k), in_shapes, e, "CUDA engine") from None
             for s, sh in zip(outs, res):
                 shapes[s] = tuple(int(n) for n in sh)
         for s in range(tape.n_slots):
