@@ -558,11 +558,15 @@ def hessian_vector_product(cost, wrt, p, consider_constant=None, disconnected_in
     return _mirror(wrt, hv)
 
 
-def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise"):
+def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=True):
     """Jacobian of ``expression`` w.r.t. ``wrt``: shape ``expression.shape + wrt.shape``.
 
-    For a 0-d expression it is the gradient.  Rows are vector-Jacobian
-    products with the unit vectors, evaluated by one mapped reverse sweep.
+    For a 0-d expression it is the gradient.  With ``vectorize`` (the default) the
+    Jacobian is one batched sweep over a block of identity directions
+    (:mod:`tapegrad.vectorize`: rows by a reverse block, or columns by a forward
+    block when that is cheaper); where some op has no batched form, and with
+    ``vectorize=False``, the rows are vector-Jacobian products with the unit
+    vectors, evaluated by one mapped reverse sweep (``MAP_ROWS``).
     """
     from tapegrad.ops.map import map_rows
 
@@ -574,13 +578,20 @@ def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise
         return _mirror(wrt, g)
     from tapegrad.ops import concatenate, eye, flatten, reshape, shape
 
-    flat = flatten(expression, 1)
+    if vectorize:
+        from tapegrad.vectorize import jacobian_blocks
+
+        jacs, (flat, v, rows) = jacobian_blocks(expression, wrt_list, consider_constant, disconnected_inputs)
+        if jacs is not None:
+            return _mirror(wrt, jacs)
+    else:
+        flat = flatten(expression, 1)
+        v = flat.type()  # one cotangent row
+        rows = grad(
+            None, wrt_list, consider_constant=consider_constant, known_grads={flat: v},
+            disconnected_inputs=disconnected_inputs,
+        )
     n = shape(flat)[0]
-    v = flat.type()  # one cotangent row
-    rows = grad(
-        None, wrt_list, consider_constant=consider_constant, known_grads={flat: v},
-        disconnected_inputs=disconnected_inputs,
-    )
     basis = eye(n, dtype=flat.dtype if is_float_dtype(flat.dtype) else config.floatX)
     jacs = map_rows([v], rows, [basis])
     out = []
@@ -590,8 +601,11 @@ def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise
     return _mirror(wrt, out)
 
 
-def hessian(cost, wrt, consider_constant=None, disconnected_inputs="raise"):
-    """Hessian of the 0-d ``cost``: for each ``wrt[i]``, ``jacobian(grad(cost, wrt[i]), wrt[i])``."""
+def hessian(cost, wrt, consider_constant=None, disconnected_inputs="raise", vectorize=True):
+    """Hessian of the 0-d ``cost``: for each ``wrt[i]``, ``jacobian(grad(cost, wrt[i]), wrt[i])``.
+
+    ``vectorize`` as in :func:`jacobian` (a batched reverse-over-reverse or forward-over-reverse block).
+    """
     cost = as_tensor(cost)
     if cost.ndim != 0:
         raise TypeError(f"hessian: cost must be a scalar (0-d); {_describe(cost)} has {cost.ndim} dimension(s)")
@@ -600,7 +614,8 @@ def hessian(cost, wrt, consider_constant=None, disconnected_inputs="raise"):
     out = []
     for w in wrt_list:
         g = grad(cost, w, consider_constant=consider_constant, disconnected_inputs=disconnected_inputs)
-        out.append(jacobian(g, w, consider_constant=consider_constant, disconnected_inputs="ignore"))
+        out.append(jacobian(g, w, consider_constant=consider_constant, disconnected_inputs="ignore",
+                            vectorize=vectorize))
     return _mirror(wrt, out)
 
 

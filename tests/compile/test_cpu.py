@@ -435,7 +435,7 @@ def test_map_rows_runs_its_inner_graph_on_the_cpu_engine():
     import tapegrad as tg
 
     A, x = var("float64", 2, "A"), var("float64", 1, "x")
-    J = tg.jacobian(tg.sin(tg.dot(A, x)) * x, x)
+    J = tg.jacobian(tg.sin(tg.dot(A, x)) * x, x, vectorize=False)  # the MAP_ROWS route
     tape = build_tape([A, x], [J])
     (k,) = [k for k in range(len(tape)) if tape.ops[k].code == "MAP_ROWS"]
     cpu = CPUEngine(tape)
