@@ -126,7 +126,7 @@ class MapRows(Op):
                 if y.shape != o.shape[1:]:
                     raise ValueError(f"map_rows: row {i} of output has shape {y.shape}, the plan expected "
                                      f"{o.shape[1:]}")
-                np.copyto(o[i], y, casting="unsafe")
+                np.copyto(o[i, ...], y, casting="unsafe")  # o[i, ...]: a view even for 0-d rows
 
     def infer_shape(self, node, input_shapes):
         return self.infer_shape_values(node, input_shapes, [None] * len(input_shapes))

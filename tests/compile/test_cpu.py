@@ -520,3 +520,13 @@ def test_prepass_values_are_not_pinned_into_the_plan():
     for seed in range(3):
         xv = np.random.default_rng(seed).uniform(-1, 1, (3, 4))
         assert_same(cpu.run([xv], [])[0], ref.run([xv], [])[0])
+
+
+def test_map_rows_with_zero_d_rows_on_the_cpu_engine():
+    """Rows of a MAP_ROWS output may be 0-d (the Jacobian of a vector w.r.t. a scalar)."""
+    import tapegrad as tg
+
+    s = tg.dscalar("s")
+    J = tg.jacobian(tg.stack([2 * s, 4 * s ** 2]), s, vectorize=False)
+    got = tg.function([s], J, tier="interp")(np.asarray(1.5))
+    np.testing.assert_array_equal(got, [2.0, 12.0])
