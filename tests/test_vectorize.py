@@ -481,3 +481,18 @@ def test_static_sizes_choose_the_block_with_fewer_directions():
     check_jacobian(lambda x, y: tg.concatenate([tg.sin(x), x ** 2, tg.exp(x), x * 3.0, tg.cos(x)]), [x, y],
                    [xv, yv], [0])
     check_jacobian(lambda x, y: y[:3] * tg.sum(y ** 2), [x, y], [xv, yv], [1])
+
+
+def test_grad_through_a_map_rows_jacobian_with_integer_closure_inputs():
+    """MapRows.L_op gives integer closure inputs (shapes) a float zero gradient, so grad of a MAP_ROWS
+    Jacobian works and equals grad of the vectorized one."""
+    import tapegrad as tg
+
+    A, x = tg.dmatrix("A"), tg.dvector("x")
+    fs = []
+    for vec in (False, True):
+        J = tg.jacobian(tg.tanh(tg.dot(A, x)) + x ** 3, x, vectorize=vec)
+        fs.append(tg.function([A, x], tg.grad((J ** 2).sum(), x), device="python"))
+    r = np.random.default_rng(3)
+    a, xv = r.standard_normal((4, 4)), r.standard_normal(4)
+    np.testing.assert_allclose(fs[0](a, xv), fs[1](a, xv), rtol=1e-12, atol=1e-12)

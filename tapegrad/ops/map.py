@@ -190,8 +190,15 @@ class MapRows(Op):
             for (i, _), s in zip(live, stacked):
                 result[i] = s if i < self.n_seq else _sum(s, axis=0)
         pattern = self.connection_pattern(None)
+        from tapegrad.config import config
+        from tapegrad.graph import is_float_dtype
+
         for i, r in enumerate(result):
-            if r is None:
+            if not is_float_dtype(inputs[i].dtype) and (r is None or not isinstance(r.type, (DisconnectedType,
+                                                                                                NullType))):
+                # integer inputs (shapes, indices) get a float zero gradient, as every op gives them
+                result[i] = zeros_like(inputs[i], dtype=config.floatX) if any(pattern[i]) else disconnected_type()
+            elif r is None:
                 result[i] = zeros_like(inputs[i]) if any(pattern[i]) else disconnected_type()
         return result
 
