@@ -717,6 +717,10 @@ class _Gen:
                 src = _result(expr, m.out_dtype)
             elif m.kind == "copy":
                 src = _convert(ops[0], m.load_dtypes[0], m.out_dtype)
+            elif m.spec.name == "azmul" and self._azmul_is_product(m.data_args):
+                # azmul(a, b) = (a == 0 ? 0 : a * b) is a plain product (up to the sign of a zero) when a is a
+                # nonzero literal or b a finite literal; the multiply vectorises where the branch does not
+                src = _result(f"({ops[0]}) * ({ops[1]})", m.out_dtype)
             else:
                 spec = _specs()[m.code]
                 tree = _Rename(ops).visit(ast.parse(spec.expr, mode="eval"))
@@ -725,6 +729,21 @@ class _Gen:
             self.emit(f"{ind}{v} = {src}")
             tn[m.out] = v
         return tn
+
+    def _literal_value(self, s):
+        loc = self.loc.get(s)
+        if loc is None or loc.lit is None:
+            return None
+        try:
+            return float(eval(loc.lit, {"np": np, "__builtins__": {}}))  # noqa: S307 - literals we generated
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _azmul_is_product(self, args):
+        """``azmul(a, b)`` equals ``a * b`` (but for the sign of a zero): ``a`` a finite nonzero literal (the
+        product branch is always taken) or ``b`` a finite literal (``0 * b`` is then 0)."""
+        a, b = (self._literal_value(s) for s in args)
+        return (a is not None and math.isfinite(a) and a != 0) or (b is not None and math.isfinite(b))
 
     def _shifted_plan(self, G, loop, shape, size, direct, deferred):
         """When every write of the group goes to one 1-d buffer at several unit-stride windows (the adjoint

@@ -280,3 +280,14 @@ def test_max_min_reductions_with_nan():
     Xn = Xv.copy()
     Xn[1, 2] = np.nan
     _run([X], outs, Xn)
+
+
+def test_azmul_with_a_literal_operand_is_a_product_and_keeps_zero_times_inf():
+    """azmul by a finite literal becomes a plain product in the program; azmul of two run-time values keeps
+    0 * inf = 0 (the adjoint of x * y at y = inf with a zero cotangent)."""
+    x, y = tg.dvector("x"), tg.dvector("y")
+    c = tg.sum(x * y)
+    g = tg.grad(c, x)  # azmul(1.0, y): a product
+    gy = tg.Lop(x * y, y, tg.zeros_like(x))  # azmul(0, x) at x = inf: 0, not NaN
+    f = _run([x, y], [g, gy, 2.0 * x], np.array([np.inf, 1.0, 0.0]), np.array([2.0, np.inf, 3.0]))
+    assert np.all(np.isfinite(f(np.array([np.inf, 1.0, 0.0]), np.array([2.0, np.inf, 3.0]))[1]))
