@@ -110,6 +110,15 @@ XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 # ---------------------------------------------------------------------------
 # anchors.py: imported by path, never copied
 # ---------------------------------------------------------------------------
+def _numba_version():
+    try:
+        from importlib.metadata import version
+
+        return version("numba")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
 def load_anchors():
     if not ANCHORS_PATH.is_file():
         sys.exit(f"compare.py: the workload definitions are missing: {ANCHORS_PATH} does not exist.\n"
@@ -777,7 +786,10 @@ def drive(args):
         fresh_dir = tempfile.mkdtemp(prefix="tapegrad-numba-cache-")
         args.numba_cache_dir = fresh_dir
     else:
-        args.numba_cache_dir = os.environ.get("NUMBA_CACHE_DIR") or str(REPO / ".numba_cache")
+        # per numba version: the peers' venv and the test suite may run different numba releases, and two
+        # releases sharing one cache folder overwrite each other's index (every switch recompiles the engine)
+        args.numba_cache_dir = os.environ.get("NUMBA_CACHE_DIR") or str(
+            REPO / ".numba_cache" / f"numba-{_numba_version()}")
     cache_root = args.cache_root or tempfile.mkdtemp(prefix="compare-pytensor-cache-")
     date = time.strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else RESULTS / f"compare-{date}{'-quick' if args.quick else ''}.json"
