@@ -35,9 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tapegrad.tape.fuse import BCAST, CONTIG, SCALAR, broadcast_strides, schedule
+from tapegrad.tape.fuse import BCAST, CONTIG, ROLL, SCALAR, broadcast_strides, schedule
 
-CODEGEN_VERSION = 2
+CODEGEN_VERSION = 3
 
 # --------------------------------------------------------------------------- cache folder
 
@@ -149,23 +149,31 @@ def generate_source(group, name="kernel"):
         f"def {name}({', '.join(params)}):",
     ]
     ind = "    "
-    # scalar inputs: read once
+    # scalar inputs: read once; rolled inputs: their shift modulo the length, once
+    shifts = {m[2][0][1]: int(m[6][4:]) for m in members if m[1] == "roll"}
     for j, (dt, p) in enumerate(ins):
         if p == SCALAR:
             L.append(f"{ind}a{j} = in{j}[0]")
+        elif p == ROLL:
+            L.append(f"{ind}r{j} = {shifts[j]} % n if n else 0")
     body = []
     for j, (dt, p) in enumerate(ins):
         if p == CONTIG:
             body.append(f"a{j} = in{j}[i]")
         elif p == BCAST:
             body.append(f"a{j} = in{j}[b{j} + jj * l{j}]")
+        elif p == ROLL:  # np.roll: out[i] = x[(i - shift) mod n]
+            body.append(f"q{j} = i - r{j}")
+            body.append(f"a{j} = in{j}[q{j} + n if q{j} < 0 else q{j}]")
     dts = {("i", j): dt for j, (dt, _) in enumerate(ins)}
     for m_i, (code, kind, args, out_dt, cd, loads, special) in enumerate(members):
         ops = []
         for ref, ld in zip(args, loads):
             src = f"a{ref[1]}" if ref[0] == "i" else f"t{ref[1]}"
             ops.append(_convert(src, dts[ref], ld))
-        if special:
+        if kind == "roll":
+            body.append(f"t{m_i} = {ops[0]}  # roll by {special[4:]}")
+        elif special:
             # pow by a constant 0, 1, 2 as NumPy's fast paths: exactly 1, x, x * x (a libm pow call would also
             # keep the loop from vectorising)
             expr = {"pow0": "1", "pow1": f"{ops[0]}", "pow2": f"{ops[0]} * {ops[0]}"}[special]

@@ -34,8 +34,8 @@ FUSE_DTYPES = ("float64", "float32", "int64", "bool")
 INT_OK = frozenset({"neg", "abs", "sign", "sqr", "identity", "add", "sub", "mul", "int_div", "mod", "maximum",
                     "minimum", "azmul", "switch", "clip"})
 
-# input patterns
-CONTIG, SCALAR, BCAST = "c", "s", "b"
+# input patterns (ROLL: a 1-d input read at ``(i - shift) mod n``, for a ``roll`` member)
+CONTIG, SCALAR, BCAST, ROLL = "c", "s", "b", "r"
 
 _SPECS = None
 
@@ -92,9 +92,12 @@ class FuseGroup:
             for j, s in enumerate(self.inputs):
                 where[s] = ("i", j)
             ms = []
+            for j, s in enumerate(self.inputs):  # a slot read in place and rolled: in place wins for plain reads
+                if self.patterns and self.patterns[j] != ROLL:
+                    where[s] = ("i", j)
             for m_i, m in enumerate(self.members):
-                ms.append((m.code, m.kind, tuple(where[s] for s in m.data_args), m.out_dtype, m.compute_dtype,
-                           m.load_dtypes, m.special))
+                refs = (("i", m.roll_input),) if m.kind == "roll" else tuple(where[s] for s in m.data_args)
+                ms.append((m.code, m.kind, refs, m.out_dtype, m.compute_dtype, m.load_dtypes, m.special))
                 where[m.out] = ("t", m_i)
             outs = tuple(where[s] for s in self.outputs)
             ins = tuple((d, p) for d, p in zip(self.input_dtypes, self.patterns))
@@ -146,8 +149,10 @@ def _const_value(tape, s):
     return cache.get(int(s))
 
 
-def _member(tape, k, shapes, dtypes):
-    """A :class:`Member` for instruction ``k`` when it is fusible at these shapes, else None."""
+def _member(tape, k, shapes, dtypes, gather=False):
+    """A :class:`Member` for instruction ``k`` when it is fusible at these shapes, else None.  ``gather``: also
+    ``roll`` of a 1-d array by a constant shift (kind ``"roll"``: the loop reads its input at a shifted index,
+    so the input must exist before the loop)."""
     code = int(tape.codes[k])
     outs = tape.instr_outs(k)
     if len(outs) != 1:
@@ -189,6 +194,13 @@ def _member(tape, k, shapes, dtypes):
                 special = f"pow{int(float(e.reshape(-1)[0]))}"
         return Member(k, code, "ew", spec, tuple(args), (), out, odt, cd, loads, special)
     name = name_of(code)
+    if name == "ROLL" and gather:
+        x, sh = args
+        e = _const_value(tape, sh)
+        if (e is None or e.size != 1 or len(shapes[x]) != 1 or tuple(shapes[x]) != oshape or dtypes[x] != odt
+                or getattr(tape.ops[k], "axis", None) not in (None, 0) or oshape[0] == 0):
+            return None
+        return Member(k, code, "roll", None, (x,), (), out, odt, odt, (odt,), f"roll{int(e.reshape(-1)[0])}")
     if name == "CAST":
         (x,) = args
         if dtypes[x] in ("float64", "float32") and odt in ("int64",):
@@ -226,7 +238,7 @@ def schedule(tape, slot_shapes, min_size=2, materialize_shape_args=False):
     n_slots = tape.n_slots
     shapes = [tuple(int(d) for d in s) for s in slot_shapes]
     dtypes = [CODE_DTYPES[int(c)] for c in tape.slot_dtype]
-    members = [_member(tape, k, shapes, dtypes) for k in range(n)]
+    members = [_member(tape, k, shapes, dtypes, gather=True) for k in range(n)]
 
     producer = {}
     for k in range(n):
@@ -252,6 +264,8 @@ def schedule(tape, slot_shapes, min_size=2, materialize_shape_args=False):
         return all(avail[s] for s in deps[k])
 
     def ready_member(k):
+        if members[k].kind == "roll":  # reads other positions of its input: the input must exist already
+            return all(avail[s] for s in deps[k])
         return all(avail[s] or in_group[s] for s in deps[k])
 
     while remaining or open_group is not None:
@@ -336,7 +350,13 @@ def _make_group(ms, shapes, dtypes, used_outside):
     g = FuseGroup(shape=shapes[ms[0].out], members=list(ms))
     mine = {m.out for m in ms}
     seen = set()
+    rolled = []
     for m in ms:
+        if m.kind == "roll":  # its own input entry (pattern ROLL), even when the slot is also read in place
+            m.roll_input = len(g.inputs)
+            g.inputs.append(m.data_args[0])
+            rolled.append(m.roll_input)
+            continue
         for s in m.data_args:
             if s not in mine and s not in seen:
                 seen.add(s)
@@ -345,7 +365,7 @@ def _make_group(ms, shapes, dtypes, used_outside):
             if s not in mine and s not in g.shape_inputs:
                 g.shape_inputs.append(s)
     g.outputs = [m.out for m in ms if used_outside[m.out]]
-    g.patterns = [pattern_of(shapes[s], g.shape) for s in g.inputs]
+    g.patterns = [ROLL if j in rolled else pattern_of(shapes[s], g.shape) for j, s in enumerate(g.inputs)]
     g.input_shapes = [shapes[s] for s in g.inputs]
     g.input_dtypes = [dtypes[s] for s in g.inputs]
     return g

@@ -357,3 +357,29 @@ def test_cpu_fused_int_bool_members():
     z = O.cast(y, "float64") * x + (x >= 0)
     tape = build_tape([i, x], [y, z])
     _check_cpu(tape, [np.arange(-5, 7, dtype=np.int64), np.linspace(-1, 1, 12)])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 40])
+def test_rolls_of_existing_arrays_join_the_fused_loop(n):
+    """``roll`` of a 1-d array by a constant is a shifted read inside the loop (pattern ROLL), so a Lorenz-96
+    step is one group; values and gradients equal the reference engine, shifts beyond the length included."""
+    from tapegrad.tape.fuse import ROLL, find_groups
+
+    uu, FF = tg.dvector("uu"), tg.dscalar("FF")
+    x = uu
+    for _ in range(3):
+        x = x + 0.01 * ((O.roll(x, -1) - O.roll(x, 2)) * O.roll(x, 1 + 2 * n) - x + FF)
+    cost = O.sum(x ** 2)
+    tape = build_tape([uu, FF], [cost, *tg.grad(cost, [uu, FF])])
+    vals = [np.linspace(-1.0, 2.0, n), np.asarray(8.0)]
+    eng = _engine(tape)
+    got, _ = eng.run(vals)
+    want, _ = ReferenceEngine(tape).run(vals, [])
+    cpu = tg.function([uu, FF], [cost, *tg.grad(cost, [uu, FF])], device="cpu", tier="fused")
+    for a, b, c in zip(got, want, cpu(*vals)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(c, b, rtol=1e-12, atol=1e-12)
+    shapes = next(iter(eng._plans.values())).shapes
+    groups = find_groups(tape, shapes)
+    assert any(ROLL in grp.patterns for grp in groups)
+    assert any(sum(m.kind == "roll" for m in grp.members) == 3 for grp in groups)  # a forward step: one loop
