@@ -42,37 +42,21 @@ re-entrant: one call at a time per engine (arenas belong to the plan).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from tapegrad.compile import numba_ready
 from tapegrad.compile.kernels.core import (
     H_ARGP, H_ARGS, H_CODES, H_FPP, H_ICD, H_IGRP, H_IP, H_IPP, H_OUTP, H_OUTS, H_SAK, H_SCONT, H_SND, H_SOFF, H_SSHP,
     H_SSIZE, H_SSTR, KIND_OF_DTYPE, MAXD, NH,
 )
 from tapegrad.compile.kernels.steps import (STEP_CODES, VIEW_CODES, is_contiguous, make_step, row_major, strided,
                                             view_layout)
+from tapegrad.compile.program import engine_program
+from tapegrad.compile.reference import shape_error
 from tapegrad.registry import CALLBACK, CODE_DTYPES, name_of
 
 _ALIGN = 8  # elements
-
-
-def _numba_ready():
-    """Load numba's lowering and typing registries now, with the engine module.  numba does it lazily on the
-    first call of any compiled function (importing numba.np.*, scipy's BLAS bindings: 0.4-0.8 s on a 2-core
-    machine), which would land on the first call of the first function; here it is part of the import."""
-    if os.environ.get("TAPEGRAD_LAZY_NUMBA"):
-        return
-    try:
-        from numba.core.registry import cpu_target
-
-        cpu_target.target_context.refresh()
-        cpu_target.typing_context.refresh()
-    except Exception:  # noqa: BLE001 - numba will do it on the first call
-        pass
-
-
-_numba_ready()
+numba_ready()
 
 
 def _interp():
@@ -564,52 +548,10 @@ class CPUEngine:
             plan.uses += 1
             self._last_plan = plan
             if self.tier in ("auto", "program") and not self._dynamic:
-                prog = self._program(full_key, plan)
+                prog = engine_program(self, full_key, plan)
                 if prog is not None:
                     return prog.run(inputs, shared)
             return plan.execute(inputs, shared, known)
-
-    # ---------------------------------------------------------------- program tier
-    def _program(self, key, plan):
-        """The ready whole-tape program of this signature (tier "program": compiled now; "auto": after
-        PROGRAM_AFTER_USES calls, in the background), or None (not ready, or the tape has no program)."""
-        prog = self._programs.get(key)
-        if prog is None:
-            if self.tier == "auto":
-                if PROGRAM_AFTER_USES is None:
-                    self._programs[key] = False
-                    return None
-                if plan.uses < PROGRAM_AFTER_USES:
-                    if plan.uses == 1 and not self._cache_probed.get(key):
-                        # a program an earlier process compiled loads from the disk cache in a fraction of a
-                        # second: use it from the first call on instead of warming up on the interpreter
-                        self._cache_probed[key] = True
-                        from tapegrad.compile.program import EngineProgram
-
-                        try:
-                            prog = EngineProgram.make(self, plan, background=False, only_if_cached=True)
-                        except Exception:  # noqa: BLE001 - a failed load: the usual path decides
-                            prog = None
-                        if prog is not None and prog.ready():
-                            self._programs[key] = prog
-                            self.fast = prog
-                            return prog
-                    return None
-            from tapegrad.compile.program import EngineProgram
-
-            prog = self._programs[key] = EngineProgram.make(self, plan, background=self.tier == "auto") or False
-            if prog is not False and prog.error is not None:
-                self.program_error = prog.error
-                prog = self._programs[key] = False
-        if prog is False:
-            return None
-        if not prog.ready():
-            if prog.failed():
-                self.program_error = prog.error
-                self._programs[key] = False
-            return None
-        self.fast = prog
-        return prog
 
     # ---------------------------------------------------------------- fused tier
     def _fusion(self, shapes, const_instrs, background):
@@ -801,22 +743,6 @@ class CPUEngine:
 
 FUSE_MIN_GROUP = 2  # smallest fused group worth a loop of its own
 FUSE_AFTER_USES = 3  # tier "auto": calls of a signature before its groups are compiled in the background
-def _program_after(default=3):
-    """``$TAPEGRAD_PROGRAM_AFTER``: calls of a signature (tier "auto") before its whole-tape program is compiled
-    in the background; ``never`` (or a negative number) keeps tier "auto" on the interpreter and fused loops."""
-    v = os.environ.get("TAPEGRAD_PROGRAM_AFTER", "").strip().lower()
-    if not v:
-        return default
-    if v in ("never", "off", "no", "false"):
-        return None
-    try:
-        n = int(v)
-    except ValueError:
-        return default
-    return None if n < 0 else n
-
-
-PROGRAM_AFTER_USES = _program_after()  # None: tier "auto" never compiles programs
 _WARNED_OPS = set()
 
 
@@ -867,37 +793,6 @@ def _value_shape(name, in_shapes, in_vals):
         n, m = int(in_vals[0]), int(in_vals[1])
         return [(n, m)] if n >= 0 and m >= 0 else None
     return None
-
-
-def _op_label(op):
-    """The op as users call it: an elementwise op's name (``add``), else its class name, lower-cased for
-    tapegrad's own ops (``dot``, ``matmul``, ``join``) and as written for user ops."""
-    name = getattr(op, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    cls = type(op)
-    return cls.__name__.lower() if cls.__module__.startswith("tapegrad.") else cls.__name__
-
-
-def shape_error(tape, k, node, in_shapes, exc, engine):
-    """The ``ValueError`` for instruction ``k`` whose ``infer_shape`` rejected the input shapes ``in_shapes``
-    (raising ``exc``), worded as the reference engine's ``perform`` words it: the op, both (all) shapes and
-    the user's variables, e.g. ``add: shapes (3,) and (4,) of (pos, vel) cannot be broadcast together``
-    (other ops: ``... do not match: <exc>``), then where in the tape.  ``engine`` names the engine."""
-    from tapegrad.compile.reference import slot_label
-    from tapegrad.tape.show import format_instr
-
-    op = tape.ops[k]
-    shapes = " and ".join(str(tuple(int(n) for n in s)) for s in in_shapes)
-    names = ", ".join(str(x) for x in node.inputs)
-    if getattr(op, "kind", None) == "elementwise":
-        head = f"{_op_label(op)}: shapes {shapes} of ({names}) cannot be broadcast together"
-    else:
-        head = f"{_op_label(op)}: shapes {shapes} of ({names}) do not match: {exc}"
-    ins = ", ".join(slot_label(tape, int(s)) for s in tape.instr_args(k))
-    outs = ", ".join(slot_label(tape, int(s)) for s in tape.instr_outs(k))
-    return ValueError(f"{head}\n  {engine}: while planning {op} on ({ins}) giving {outs}; tape instruction {k}: "
-                      f"{format_instr(tape, k)}")
 
 
 class _Dynamic(Exception):

@@ -214,7 +214,7 @@ class CUDAEngine:
                 except NotImplementedError:
                     raise _Dynamic(k) from None
                 except ValueError as e:  # shapes that cannot go together: worded as the other engines word it
-                    from tapegrad.compile.cpu import shape_error
+                    from tapegrad.compile.reference import shape_error
 
                     raise shape_error(tape, k, self.node(k), in_shapes, e, "CUDA engine") from None
             for s, sh in zip(outs, res):

@@ -124,6 +124,26 @@ def _result(src, to_dt):
     return f"np.{to_dt}({src})"
 
 
+def member_source(kind, code, ops, loads, out_dt, special):
+    """``(source, note)`` of one fused member's value from the sources ``ops`` of its (converted) operands: a
+    table row's ``expr`` over the tier-0 scalar functions, a dtype copy, a rolled read, or pow by a constant
+    0, 1, 2 as NumPy's fast paths (exactly 1, x, x * x: a libm pow call would also keep the loop from
+    vectorising).  The tier-1 loops and the program tier both build their members with it."""
+    if kind == "roll":
+        return ops[0], f"roll by {special[4:]}"
+    if special:
+        expr = {"pow0": "1", "pow1": f"{ops[0]}", "pow2": f"({ops[0]}) * ({ops[0]})"}[special]
+        return _result(expr, out_dt), f"pow, constant exponent {special[3:]}"
+    if kind == "copy":
+        return _convert(ops[0], loads[0], out_dt), ""
+    from tapegrad.registry import all_codes  # noqa: F401  (registry filled)
+    from tapegrad.tape.fuse import _specs
+
+    spec = _specs()[code]
+    tree = _Rename(ops).visit(ast.parse(spec.expr, mode="eval"))
+    return _result(ast.unparse(tree.body), out_dt), spec.name
+
+
 def generate_source(group, name="kernel"):
     """Python source of the module holding ``kernel`` for ``group`` (depends only on ``group.key()``)."""
     key = group.key()
@@ -171,23 +191,8 @@ def generate_source(group, name="kernel"):
         for ref, ld in zip(args, loads):
             src = f"a{ref[1]}" if ref[0] == "i" else f"t{ref[1]}"
             ops.append(_convert(src, dts[ref], ld))
-        if kind == "roll":
-            body.append(f"t{m_i} = {ops[0]}  # roll by {special[4:]}")
-        elif special:
-            # pow by a constant 0, 1, 2 as NumPy's fast paths: exactly 1, x, x * x (a libm pow call would also
-            # keep the loop from vectorising)
-            expr = {"pow0": "1", "pow1": f"{ops[0]}", "pow2": f"{ops[0]} * {ops[0]}"}[special]
-            body.append(f"t{m_i} = {_result(expr, out_dt)}  # pow, constant exponent {special[3:]}")
-        elif kind == "copy":
-            expr = ops[0]
-            body.append(f"t{m_i} = {_convert(expr, loads[0], out_dt)}")
-        else:
-            from tapegrad.registry import all_codes  # noqa: F401  (registry filled)
-            from tapegrad.tape.fuse import _specs
-
-            spec = _specs()[code]
-            tree = _Rename(ops).visit(ast.parse(spec.expr, mode="eval"))
-            body.append(f"t{m_i} = {_result(ast.unparse(tree.body), out_dt)}  # {spec.name}")
+        src, note = member_source(kind, code, ops, loads, out_dt, special)
+        body.append(f"t{m_i} = {src}" + (f"  # {note}" if note else ""))
         dts[("t", m_i)] = out_dt
     for q, ref in enumerate(outs):
         src = f"a{ref[1]}" if ref[0] == "i" else f"t{ref[1]}"
@@ -278,14 +283,18 @@ def _dummy_args(key):
     return args
 
 
-class FusedKernel:
-    """The compiled loop of one group structure: ``ready()``, ``wait()``, ``fn`` (the numba dispatcher)."""
+class GeneratedModule:
+    """A generated Numba module compiled once per process, on the background thread or here: ``start()``,
+    ``wait()``, ``ready()``, ``done()``, ``fn``, ``error``, ``compile_s``, ``from_cache``.
 
-    def __init__(self, group):
-        self.key = group.key()
-        self.name = module_name(self.key)
-        self.source = generate_source(group)
-        self.path = os.path.join(cache_dir(), self.name + ".py")
+    The source is written to ``path`` (unless it already holds exactly that) and imported as ``name``;
+    subclasses say which function it holds (``entry``) and how to compile it (``_build(fn)``)."""
+
+    entry = "kernel"
+    what = "fused kernel"
+
+    def __init__(self, name, source, path):
+        self.name, self.source, self.path = name, source, path
         self.fn = None
         self.error = None
         self.compile_s = None
@@ -293,13 +302,16 @@ class FusedKernel:
         self._future = None
         self._done = threading.Event()
 
+    def _build(self, fn):  # pragma: no cover - subclasses
+        raise NotImplementedError
+
     def _compile(self):
         import time
 
         t0 = time.perf_counter()
         try:
             if _EXITING.is_set() and self._future is not True:
-                raise RuntimeError("fused kernel compile skipped: the interpreter is exiting")
+                raise RuntimeError(f"{self.what} compile skipped: the interpreter is exiting")
             _write_module(self.path, self.source)
             mod = sys.modules.get(self.name)
             if mod is None:
@@ -307,8 +319,8 @@ class FusedKernel:
                 mod = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(mod)
                 sys.modules[self.name] = mod
-            fn = mod.kernel
-            fn(*_dummy_args(self.key))  # compile, or load the machine code from numba's disk cache
+            fn = getattr(mod, self.entry)
+            self._build(fn)  # compile, or load the machine code from numba's disk cache
             self.from_cache = bool(fn.stats.cache_hits)
             self.fn = fn
         except BaseException as e:  # noqa: BLE001 - reported through .error; the engine falls back
@@ -327,11 +339,9 @@ class FusedKernel:
     def wait(self, timeout=None):
         if self._future is None and not self._done.is_set():
             with _LOCK:
-                if self._future is None and not self._done.is_set():
+                run_here = self._future is None and not self._done.is_set()
+                if run_here:
                     self._future = True  # compiling here
-                    run_here = True
-                else:
-                    run_here = False
             if run_here:
                 self._compile()
         self._done.wait(timeout)
@@ -341,6 +351,21 @@ class FusedKernel:
 
     def ready(self):
         return self._done.is_set() and self.fn is not None
+
+    def done(self):
+        return self._done.is_set()
+
+
+class FusedKernel(GeneratedModule):
+    """The compiled loop of one group structure."""
+
+    def __init__(self, group):
+        self.key = group.key()
+        name = module_name(self.key)
+        super().__init__(name, generate_source(group), os.path.join(cache_dir(), name + ".py"))
+
+    def _build(self, fn):
+        fn(*_dummy_args(self.key))
 
 
 def get_kernel(group, background=False):
@@ -481,7 +506,7 @@ class FusedCPUEngine:
             try:
                 res = tape.ops[k].infer_shape(self.node(k), in_shapes)
             except ValueError as e:  # shapes that cannot go together: worded as the other engines word it
-                from tapegrad.compile.cpu import shape_error
+                from tapegrad.compile.reference import shape_error
 
                 raise shape_error(tape, k, self.node(k), in_shapes, e, "fused engine") from None
             for s, sh in zip(tape.instr_outs(k), res):

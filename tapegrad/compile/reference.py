@@ -193,3 +193,34 @@ class ReferenceEngine:
             raise FloatingPointError(
                 f"nan_guard: {op}{named} produced {what} from finite inputs of shapes {shapes}\n{self._where(k)}"
             )
+
+
+def _op_label(op):
+    """The op as users call it: an elementwise op's name (``add``), else its class name, lower-cased for
+    tapegrad's own ops (``dot``, ``matmul``, ``join``) and as written for user ops."""
+    name = getattr(op, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    cls = type(op)
+    return cls.__name__.lower() if cls.__module__.startswith("tapegrad.") else cls.__name__
+
+
+def shape_error(tape, k, node, in_shapes, exc, engine):
+    """The ``ValueError`` for instruction ``k`` whose ``infer_shape`` rejected the input shapes ``in_shapes``
+    (raising ``exc``), worded as the reference engine's ``perform`` words it: the op, both (all) shapes and
+    the user's variables, e.g. ``add: shapes (3,) and (4,) of (pos, vel) cannot be broadcast together``
+    (other ops: ``... do not match: <exc>``), then where in the tape.  ``engine`` names the engine (the CPU,
+    fused and CUDA engines share it)."""
+    from tapegrad.tape.show import format_instr
+
+    op = tape.ops[k]
+    shapes = " and ".join(str(tuple(int(n) for n in s)) for s in in_shapes)
+    names = ", ".join(str(x) for x in node.inputs)
+    if getattr(op, "kind", None) == "elementwise":
+        head = f"{_op_label(op)}: shapes {shapes} of ({names}) cannot be broadcast together"
+    else:
+        head = f"{_op_label(op)}: shapes {shapes} of ({names}) do not match: {exc}"
+    ins = ", ".join(slot_label(tape, int(s)) for s in tape.instr_args(k))
+    outs = ", ".join(slot_label(tape, int(s)) for s in tape.instr_outs(k))
+    return ValueError(f"{head}\n  {engine}: while planning {op} on ({ins}) giving {outs}; tape instruction {k}: "
+                      f"{format_instr(tape, k)}")

@@ -167,9 +167,7 @@ def test_shared_updates_run_through_the_program():
 
 
 def test_auto_tier_moves_to_the_program_and_pickles(monkeypatch):
-    from tapegrad.compile import cpu as cpu_mod
-
-    monkeypatch.setattr(cpu_mod, "PROGRAM_AFTER_USES", 3)  # the library default (the suite sets "never")
+    monkeypatch.setattr(P, "PROGRAM_AFTER_USES", 3)  # the library default (the suite sets "never")
     x = tg.dvector("x")
     c = tg.sum(tg.sin(x) ** 2)
     f = tg.function([x], [c, tg.grad(c, x)], device="cpu")
@@ -190,11 +188,9 @@ def test_auto_tier_moves_to_the_program_and_pickles(monkeypatch):
 
 
 def test_program_after_environment_knob(monkeypatch):
-    from tapegrad.compile import cpu as cpu_mod
-
     for value, want in [("", 3), ("never", None), ("7", 7), ("-1", None), ("junk", 3)]:
         monkeypatch.setenv("TAPEGRAD_PROGRAM_AFTER", value)
-        assert cpu_mod._program_after() == want
+        assert P._program_after() == want
 
 
 def test_generated_source_is_cached_by_content():

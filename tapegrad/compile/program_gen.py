@@ -1,0 +1,688 @@
+"""The program tier's source generator (see :mod:`tapegrad.compile.program`): placement of each instruction
+(literal, alias, fused-group member, absorbed reduction or write, hoisted instruction), the fused loops, and
+the segmented loops of an adjoint's overlapping windows.  Op templates: :mod:`~tapegrad.compile.program_ops`;
+loops: :mod:`~tapegrad.compile.program_loops`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
+from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, _ACC, Unsupported, _fastmath_src, _lit,
+                                         _Loc, _Loop, _mean_count, _read_strides, _sum_like_strides)
+from tapegrad.compile.program_loops import LoopTemplates
+from tapegrad.compile.program_ops import OpTemplates
+from tapegrad.registry import name_of
+
+class _Gen(OpTemplates, LoopTemplates):
+    """Source generator for one tape at one shape signature."""
+
+    def __init__(self, tape, shapes, dtypes, values, const_instrs, node):
+        if len(tape) > MAX_INSTRUCTIONS:
+            raise Unsupported(f"{len(tape)} instructions (the program tier takes at most {MAX_INSTRUCTIONS})")
+        self.tape = tape
+        self.shapes = [tuple(int(n) for n in s) for s in shapes]
+        self.dtypes = dtypes
+        self.values = values
+        self.const_instrs = set(const_instrs)
+        self.node = node
+        self.loc = {}
+        self.lines = []
+        self.params = []
+        self.array_consts = []  # (param name, flat array) passed by the caller
+        self.n_tmp = 0
+        self.prefix = ""  # of every name this generator makes (loop bodies get their own)
+        self.root = self  # the generator of the whole function (owns parameters and array constants)
+        self.hoist = None  # loop bodies: allocation lines to run once before the loop
+        self.n_sub = 0
+
+    # ------------------------------------------------------------------ helpers
+    def emit(self, line):
+        self.lines.append(line)
+
+    def tmp(self, stem="t"):
+        self.n_tmp += 1
+        return f"{self.prefix}{stem}{self.n_tmp}"
+
+    def _constant(self, s, value):
+        value = np.asarray(value)
+        dt = self.dtypes[s]
+        if dt not in ("float64", "float32", "int64", "bool"):
+            raise Unsupported(f"constant of dtype {dt}")
+        shape = self.shapes[s]
+        if value.size == 1:
+            self.loc[s] = _Loc(shape, lit=_lit(value, dt))
+        else:
+            name = self.array_param(np.ascontiguousarray(np.broadcast_to(value, shape), dtype=dt).reshape(-1))
+            self.loc[s] = _Loc(shape, buf=name)
+
+    def array_param(self, value):
+        """Register an array constant passed by the caller; returns its parameter name."""
+        root = self.root
+        name = f"c{len(root.array_consts)}"
+        root.array_consts.append((name, value))
+        root.params.append(name)
+        return name
+
+    def fresh(self, s, zero=False):
+        """A new owned buffer for slot ``s``."""
+        dt = self.dtypes[s]
+        if dt not in ("float64", "float32", "int64", "bool"):
+            raise Unsupported(f"slot of dtype {dt}")
+        shape = self.shapes[s]
+        n = max(int(np.prod(shape, dtype=np.int64)), 1) if shape == () else int(np.prod(shape, dtype=np.int64))
+        name = f"{self.prefix}b{s}"
+        if self.hoist is not None:  # inside a loop body: allocate once before the loop, zero per step
+            self.hoist.append(f"{name} = np.empty({n}, np.{dt})")
+            if zero:
+                self.emit(f"    {name}[:] = 0")
+        else:
+            self.emit(f"    {name} = np.{'zeros' if zero else 'empty'}({n}, np.{dt})")
+        self.loc[s] = _Loc(shape, buf=name, owned=True)
+        return name
+
+    def read(self, s, loop, strides=None, as_dt=None):
+        """Source reading slot ``s`` at the current position of ``loop`` (broadcast unless ``strides``)."""
+        loc = self.loc[s]
+        src = loc.lit if loc.lit is not None else None
+        if src is None:
+            st = _read_strides(loc, loop.shape) if strides is None else strides
+            src = f"{loc.buf}[{loop.index(loc.off, st)}]"
+        if as_dt is not None:
+            from tapegrad.compile.fused import _convert
+
+            src = _convert(src, self.dtypes[s], as_dt)
+        return src
+
+    def strides_for(self, s, shape):
+        loc = self.loc[s]
+        return [0] * len(shape) if loc.lit is not None else _read_strides(loc, shape)
+
+    # ------------------------------------------------------------------ driver
+    def generate(self, name="program"):
+        tape = self.tape
+        for stem, slots in (("x", tape.input_slots), ("h", tape.shared_slots)):
+            for j, s in enumerate(slots):  # arguments come in their own shapes (C order): flatten them
+                self.params.append(f"{stem}{j}")
+                n = int(np.prod(self.shapes[s], dtype=np.int64))
+                self.emit(f"    {stem}{j} = {stem}{j}.reshape({n})")
+                self.loc[int(s)] = _Loc(self.shapes[s], buf=f"{stem}{j}")
+        self.emit_tape()
+        inputs = set(int(s) for s in tape.input_slots) | set(int(s) for s in tape.shared_slots)
+        outs = []
+        seen = set()
+        for s in list(tape.output_slots) + list(tape.update_slots):
+            s = int(s)
+            loc = self.loc[s]
+            if (loc.owned and s not in seen and s not in inputs and loc.contiguous()
+                    and self._buffer_slot.get(loc.buf, s) == s):
+                src = loc.buf
+            else:
+                src = self.copy_out(s)
+            seen.add(s)
+            # 0-d results come back as scalars (boxing a 0-d array costs a microsecond): the caller wraps them
+            outs.append(f"{src}[0]" if self.shapes[s] == () else f"{src}.reshape({self.shapes[s]!r})")
+        head = [
+            f'"""Generated by tapegrad.compile.program (v{PROGRAM_VERSION}): {len(tape)} instructions."""',
+            "import numpy as np",
+            "from numba import njit",
+            "from tapegrad.compile.kernels.scalar import *  # noqa: F401,F403",
+            "",
+            "",
+            f'@njit(cache=True, fastmath={_fastmath_src()}, error_model="numpy", nogil=True, boundscheck=False)',
+            f"def {name}({', '.join(self.params)}):",
+        ]
+        ret = "    return (" + "".join(o + ", " for o in outs) + ")"
+        return "\n".join(head + self.lines + [ret]) + "\n"
+
+    def emit_tape(self):
+        """Emit every instruction of the tape (its input slots already located): constants and plan-time
+        values first, then each instruction in order, then the last open group's loop."""
+        tape = self.tape
+        for s, c in zip(tape.const_slots, tape.consts):
+            self._constant(int(s), c)
+        inputs = set(int(s) for s in tape.input_slots) | set(int(s) for s in tape.shared_slots)
+        for s, v in self.values.items():  # plan-time values (constant instructions' outputs, ...)
+            if s not in self.loc and s not in inputs:
+                self._constant(int(s), v)
+        self._analyse()
+        self.G = None
+        self.lit_instrs = set()  # instructions that became literals: they read their inputs' shapes only
+        for k in range(len(tape)):
+            self.place(k)
+        self.close()
+
+    def copy_out(self, s):
+        loc = self.loc[s]
+        dt = self.dtypes[s]
+        name = self.tmp("o")
+        n = max(loc.size, 1) if loc.shape == () else loc.size
+        self.emit(f"    {name} = np.empty({n}, np.{dt})")
+        loop = _Loop(loc.shape, [self.strides_for(s, loc.shape), row_major(loc.shape)])
+        if loc.size:
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{name}[{loop.out_index()}] = {self.read(s, loop)}")
+        return name
+
+    # ------------------------------------------------------------------ analysis
+    def _analyse(self):
+        """Readers of each slot, and accumulation trees: ``add`` nodes over zero-based scatters whose
+        every partial value is read once, so all of them can add into the root's buffer."""
+        tape = self.tape
+        self.readers = {}
+        for k in range(len(tape)):
+            for s in tape.instr_args(k):
+                self.readers.setdefault(int(s), []).append(k)
+        self.pinned = set(int(s) for s in tape.output_slots) | set(int(s) for s in tape.update_slots)
+        self._buffer_slot = {}
+        names = [name_of(int(c)) for c in tape.codes]
+        root = {}  # slot -> its tree's root slot
+        members = {}  # root -> slots of the tree
+        for k in range(len(tape)):
+            if k in self.const_instrs:
+                continue
+            (o,) = tape.instr_outs(k) if len(tape.instr_outs(k)) == 1 else (None,)
+            if o is None:
+                continue
+            o = int(o)
+            if names[k] == "SUBTENSOR_SCATTER" and len(tape.instr_args(k)) == 2:
+                root[o] = o
+                members[o] = [o]
+            elif names[k] == "ADD":
+                a, b = (int(s) for s in tape.instr_args(k))
+                if (a != b and a in root and b in root and root[a] == a and root[b] == b
+                        and all(len(self.readers.get(s, ())) == 1 and s not in self.pinned for s in (a, b))
+                        and self.shapes[a] == self.shapes[b] == self.shapes[o]
+                        and self.dtypes[a] == self.dtypes[b] == self.dtypes[o]
+                        and self.dtypes[o] in ("float64", "float32")):
+                    ms = members.pop(a) + members.pop(b) + [o]
+                    for s in ms:
+                        root[s] = o
+                    members[o] = ms
+        self.tree_root = {s: r for s, r in root.items() if len(members[r]) > 1}
+        self.tree_started = set()  # roots whose buffer exists (zero-filled)
+
+    # ------------------------------------------------------------------ placement
+    def _before(self, s):
+        """Slot ``s`` has its value before the open group's loop runs."""
+        G = self.G
+        return s in self.loc and (G is None or (s not in G["in_loop"] and s not in G["after"]))
+
+    def _in_group(self, s):
+        G = self.G
+        return G is not None and s in G["in_loop"]
+
+    def place(self, k):
+        tape = self.tape
+        if k in self.const_instrs:
+            return
+        outs = [int(s) for s in tape.instr_outs(k)]
+        if all(s in self.loc for s in outs):
+            return
+        args = [int(s) for s in tape.instr_args(k)]
+        name = name_of(int(tape.codes[k]))
+        if self._literal(k, name, args, outs):
+            self.lit_instrs.add(k)
+            return
+        if name == "ADD" and outs[0] in self.tree_root:
+            self._tree_add(outs[0])
+            return
+        if (name in ("SUM_LIKE", "BROADCAST_LIKE", "CAST", "SPECIFY_SHAPE", "IDENTITY") and len(outs) == 1
+                and self._before(args[0]) and self.shapes[args[0]] == self.shapes[outs[0]]
+                and self.dtypes[args[0]] == self.dtypes[outs[0]] and args[0] not in self.tree_root):
+            # a same-shape, same-dtype copy: the value is the input's (buffers are never written after the
+            # instruction that made them, so sharing one is safe; outputs are copied out if not owned)
+            lx = self.loc[args[0]]
+            self.loc[outs[0]] = _Loc(lx.shape, lit=lx.lit, buf=lx.buf, off=lx.off, strides=lx.strides)
+            self.lit_instrs.add(k)
+            return
+        from tapegrad.tape.fuse import _member
+
+        m = _member(tape, k, self.shapes, self.dtypes)
+        if m is not None:
+            G = self.G
+            if G is not None and tuple(G["shape"]) == self.shapes[m.out] and all(
+                    self._in_group(s) or self._before(s) for s in m.data_args):
+                G["members"].append(m)
+                G["in_loop"].add(m.out)
+                self.loc[m.out] = _Loc(self.shapes[m.out], buf=None)  # a register while the loop runs
+                return
+            self.close()
+            self.G = dict(shape=self.shapes[m.out], members=[m], in_loop={m.out}, after=set(), epi=[], pre=[],
+                          absorbed=set(), unfilled={})
+            self.loc[m.out] = _Loc(self.shapes[m.out], buf=None)
+            return
+        if self.G is not None and self._absorb(k, name, args, outs):
+            self.G["absorbed"].add(k)
+            return
+        if self.G is not None and not all(self._before(s) for s in args):
+            self.close()
+        self.instruction(k)  # emitted now: before the open group's loop, which does not feed it
+
+    def _literal(self, k, name, args, outs):
+        """Value-independent instructions of literal operands become literals."""
+        if len(outs) != 1:
+            return False
+        o = outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64", "bool"):
+            return False
+        if name in ("ONES_LIKE", "ZEROS_LIKE"):
+            self.loc[o] = _Loc(self.shapes[o], lit=_lit(1 if name == "ONES_LIKE" else 0, dt))
+            return True
+        if not args or self.loc.get(args[0]) is None or self.loc[args[0]].lit is None:
+            return False
+        src = self.loc[args[0]].lit
+        op = self.tape.ops[k]
+        if name in ("BROADCAST_LIKE", "ALLOC", "CAST") or (name == "SUM_LIKE"
+                                                            and self.shapes[args[0]] == self.shapes[o]):
+            from tapegrad.compile.fused import _convert
+
+            self.loc[o] = _Loc(self.shapes[o], lit=f"({_convert(src, self.dtypes[args[0]], dt)})")
+            return True
+        if name == "BROADCAST_REDUCED" and dt in ("float64", "float32"):
+            src = f"({src})"
+            if op.mean:
+                cnt = _mean_count(self.shapes[o], self._reduced_axes(k, op), op.ddof)
+                if cnt is None:
+                    return False
+                src = f"(np.{dt}({src}) / np.{dt}({cnt}))"
+            self.loc[o] = _Loc(self.shapes[o], lit=src)
+            return True
+        return False
+
+    def _reduced_axes(self, k, op):
+        from tapegrad.ops.reduce import _axes
+
+        return tuple(sorted(_axes(op.axis, self.node(k).inputs[1], "broadcast_reduced")))
+
+    def _sum_axes(self, k, op, x, o):
+        node = self.node(k)
+        axes = tuple(sorted(op._norm(node.inputs[0])))
+        xshape, oshape = self.shapes[x], self.shapes[o]
+        ost = row_major(oshape)
+        ws, j = [], 0
+        for d in range(len(xshape)):
+            if d in axes:
+                ws.append(0)
+                if op.keepdims:
+                    j += 1
+            else:
+                ws.append(ost[j])
+                j += 1
+        scale = None
+        if getattr(op, "mean", False):
+            scale = _mean_count(xshape, axes, getattr(op, "ddof", 0))
+            if scale is None or self.dtypes[o] not in ("float64", "float32"):
+                raise Unsupported("mean over an empty axis, or of integers")
+        return ws, scale
+
+    def _absorb(self, k, name, args, outs):
+        """Run instruction ``k`` inside the open group's loop (a reduction of a member, or a write of a
+        member into a fresh buffer); its outputs exist after the loop."""
+        G = self.G
+        shape = tuple(G["shape"])
+        tape = self.tape
+        op = tape.ops[k]
+        if op is None or len(outs) != 1:
+            return False
+        o = outs[0]
+        if name in ("SUM", "MEAN", "SUM_LIKE"):
+            x = args[0]
+            if self.shapes[x] != shape or not (self._in_group(x) or self._before(x)):
+                return False
+            dt = self.dtypes[o]
+            if dt not in ("float64", "float32", "int64") or self.dtypes[x] not in ("float64", "float32", "int64",
+                                                                                     "bool"):
+                return False
+            if name == "SUM_LIKE":
+                ws, scale = _sum_like_strides(shape, self.shapes[o]), None
+                if ws is None:
+                    return False
+            else:
+                try:
+                    ws, scale = self._sum_axes(k, op, x, o)
+                except Unsupported:
+                    return False
+            buf = self.fresh(o, zero=True)
+            if not any(ws):
+                acc = self.tmp("s")
+                G["pre"].append(f"    {acc} = np.{_ACC.get(dt, dt)}(0)")
+                G["epi"].append(("acc", acc, x, _ACC.get(dt, dt), buf, scale, dt, o))
+            else:
+                G["epi"].append(("sum", buf, x, ws, dt, scale, o))
+            G["after"].add(o)
+            return True
+        if name in ("SUBTENSOR_SCATTER", "INC_SUBTENSOR", "SET_SUBTENSOR") and len(args) == 2:
+            x, y = args
+            oshape = self.shapes[o]
+            r = _subtensor_layout(op, oshape, row_major(oshape))
+            if r is None or tuple(r[1]) != shape or self.shapes[y] != shape:
+                return False
+            if not (self._in_group(y) or self._before(y)):
+                return False
+            if name != "SUBTENSOR_SCATTER" and not self._before(x):
+                return False
+            buf, mode = self._write_target(k, name, x, o, in_group=True)
+            G["epi"].append(("write", buf, r[0], tuple(r[2]), y, mode, self.dtypes[o]))
+            G["after"].add(o)
+            rt = self.tree_root.get(o)
+            if rt is not None:
+                G["after"].add(rt)
+            return True
+        return False
+
+    def _write_target(self, k, name, x, o, in_group=False):
+        """``(buffer, "=" or "+=")`` a basic-index write of instruction ``k`` writes into (its own fresh
+        buffer, or its accumulation tree's).  A zero-based buffer started by a write inside the open group's
+        loop is left unfilled until the loop is emitted: the loop then assigns its first window and only the
+        rest is zeroed (see ``close``)."""
+        rt = self.tree_root.get(o)
+        lazy = in_group and self.G is not None and self.hoist is None
+        if rt is not None:
+            if rt not in self.tree_started:
+                self.tree_started.add(rt)
+                self.fresh(rt, zero=not lazy)
+                self._buffer_slot[self.loc[rt].buf] = rt
+                if lazy:
+                    self.G["unfilled"][self.loc[rt].buf] = self.loc[rt].size
+            elif not in_group:
+                self._fill_now(self.loc[rt].buf)
+            self.loc[o] = self.loc[rt]
+            return self.loc[rt].buf, "+="
+        if name == "SUBTENSOR_SCATTER":
+            buf = self.fresh(o, zero=not lazy)
+            if lazy:
+                self.G["unfilled"][buf] = self.loc[o].size
+            return buf, "+=" if lazy else "="
+        self._broadcast_copy(x, o)
+        return self.loc[o].buf, "+=" if name == "INC_SUBTENSOR" else "="
+
+    def _fill_now(self, buf):
+        """Zero a buffer whose fill the open group deferred, before a write outside the group's loop."""
+        G = self.G
+        if G is not None and buf in G["unfilled"]:
+            del G["unfilled"][buf]
+            self.emit(f"    {buf}[:] = 0")
+
+    def _tree_add(self, o):
+        """An ``add`` inside an accumulation tree: its value is the tree buffer (complete when the root's
+        last write has run)."""
+        rt = self.tree_root[o]
+        if rt not in self.tree_started:
+            raise Unsupported("accumulation tree without a write")
+        self.loc[o] = self.loc[rt]
+        if self.G is not None and rt in self.G["after"]:
+            self.G["after"].add(o)
+
+    # ------------------------------------------------------------------ the open group's loop
+    def close(self):
+        G = self.G
+        if G is None:
+            return
+        self.G = None
+        from tapegrad.compile.fused import _convert
+
+        shape = tuple(G["shape"])
+        members = G["members"]
+        mine = {m.out for m in members}
+        ext = []
+        for m in members:
+            for s in m.data_args:
+                if s not in mine and s not in ext:
+                    ext.append(s)
+        for e in G["epi"]:
+            src = e[2] if e[0] in ("acc", "sum") else e[4]
+            if src not in mine and src not in ext:
+                ext.append(src)
+        # reductions nobody reads (the cost inside an HVP's tape: only its shape was used)
+        G["epi"] = [e for e in G["epi"] if e[0] not in ("acc", "sum") or e[-1] in self.pinned
+                    or any(r not in self.lit_instrs for r in self.readers.get(e[-1], ()))]
+        ks = {m.k for m in members}
+        outs = [m.out for m in members if m.out in self.pinned
+                or any(r not in ks and r not in G["absorbed"] and r not in self.lit_instrs
+                       for r in self.readers.get(m.out, ()))]
+        for s in mine:
+            del self.loc[s]
+        for s in outs:
+            self.fresh(s)
+        for line in G["pre"]:
+            self.emit(line)
+        op_strides = [self.strides_for(s, shape) for s in ext] + [list(row_major(shape))]
+        for e in G["epi"]:
+            if e[0] == "sum":
+                op_strides.append(list(e[3]))
+            elif e[0] == "write":
+                op_strides.append(list(e[3]))
+        loop = _Loop(shape, op_strides)
+        # writes into one buffer at different windows (x[:-1] and x[1:] of an adjoint): a loop that
+        # read-modify-writes overlapping windows carries a dependence and cannot be vectorised, so every
+        # window but the first is stored to a contiguous temporary and added in a second, simple loop
+        deferred = {}
+        deferred_alloc = []
+        first_window = {}
+        size = int(np.prod(shape, dtype=np.int64))
+        for e in G["epi"]:
+            if e[0] == "write" and e[5] == "+=":
+                key = (e[1], e[2], e[3])
+                if first_window.setdefault(e[1], key) != key and key not in deferred:
+                    n_writes = sum(1 for f in G["epi"] if f[0] == "write" and (f[1], f[2], f[3]) == key)
+                    tname = self.tmp("w")
+                    deferred[key] = (tname, "=" if n_writes == 1 else "+=")
+                    fill = "empty" if n_writes == 1 else "zeros"
+                    deferred_alloc.append(f"    {tname} = np.{fill}({max(size, 1)}, np.{e[6]})")
+        # buffers whose zero fill was deferred: a 1-d first window with unit stride is assigned by the loop
+        # (the sum of its writes) and only the rest is zeroed; otherwise zero everything now
+        direct = {}
+        for buf, total in G["unfilled"].items():
+            key = first_window.get(buf)
+            if key is not None and size and len(key[2]) == 1 and key[2][0] == 1 and isinstance(key[1], int):
+                direct[buf] = key
+        shifted_ok = self._shifted_plan(G, loop, shape, size, direct, deferred) is not None
+        if not shifted_ok:
+            for line in deferred_alloc:
+                self.emit(line)
+            for buf, total in G["unfilled"].items():
+                if buf in direct:
+                    off = direct[buf][1]
+                    if off > 0:
+                        self.emit(f"    {buf}[0:{off}] = 0")
+                    if off + size < total:
+                        self.emit(f"    {buf}[{off + size}:{total}] = 0")
+                else:
+                    self.emit(f"    {buf}[:] = 0")
+        shifted = self._shifted_plan(G, loop, shape, size, direct, deferred)
+        if shifted is not None:
+            self._emit_shifted(G, loop, members, ext, outs, shifted)
+            deferred = {}
+        elif size != 0:
+            ind = loop.open(self.emit, "    ")
+            tn = self._emit_eval(ind, loop, members, ext)
+            direct_vals = {}
+            oi = loop.out_index()
+            for e in self._emit_primary(ind, loop, G, tn, outs):
+                _, buf, off, rst, y, mode, dt = e
+                val = _convert(tn[y], self.dtypes[y], dt)
+                if (buf, off, rst) in deferred:  # to a contiguous temporary: added after the loop
+                    tname, how = deferred[buf, off, rst]
+                    self.emit(f"{ind}{tname}[{oi}] {how} {val}")
+                elif direct.get(buf) == (buf, off, rst):
+                    direct_vals.setdefault(buf, []).append(val)
+                else:
+                    self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] {mode} {val}")
+            for buf, vals in direct_vals.items():
+                _, off, rst = direct[buf]
+                self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] = {' + '.join(vals)}")
+        for (buf, off, rst), (tname, _) in deferred.items():
+            if size:
+                ind = loop.open(self.emit, "    ")
+                self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] += {tname}[{loop.out_index()}]")
+        for e in G["epi"]:
+            if e[0] == "acc":
+                _, acc, x, acc_dt, buf, scale, dt, _o = e
+                self.emit(f"    {buf}[0] = {acc}")
+                if scale is not None:
+                    self.emit(f"    {buf}[0] = {buf}[0] / np.{dt}({float(scale)!r})")
+            elif e[0] == "sum" and e[5] is not None:
+                _, buf, x, ws, dt, scale, _o = e
+                self.emit(f"    for i in range(len({buf})):")
+                self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
+
+    def _emit_primary(self, ind, loop, G, tn, outs):
+        """Emit, at the loop's position, the stores of the group's outputs and its in-loop reductions; returns
+        the group's writes, which the caller places (directly, deferred, or summed per position)."""
+        from tapegrad.compile.fused import _convert
+
+        oi = loop.out_index()
+        for s in outs:
+            self.emit(f"{ind}{self.loc[s].buf}[{oi}] = {tn[s]}")
+        for e in G["epi"]:
+            if e[0] == "acc":
+                _, acc, x, acc_dt, buf, scale, dt, _o = e
+                self.emit(f"{ind}{acc} += {_convert(tn[x], self.dtypes[x], acc_dt)}")
+            elif e[0] == "sum":
+                _, buf, x, ws, dt, scale, _o = e
+                self.emit(f"{ind}{buf}[{loop.index(0, ws)}] += {_convert(tn[x], self.dtypes[x], dt)}")
+        return [e for e in G["epi"] if e[0] == "write"]
+
+    def _emit_eval(self, ind, loop, members, ext):
+        """Emit the loads of ``ext`` and the scalar expressions of ``members`` at the loop's position;
+        returns slot -> source of its value."""
+        from tapegrad.compile.fused import _convert, _result, member_source
+
+        tn = {}
+        for s in ext:
+            if self.loc[s].lit is not None:
+                tn[s] = self.loc[s].lit
+            else:
+                v = self.tmp("a")
+                self.emit(f"{ind}{v} = {self.read(s, loop)}")
+                tn[s] = v
+        for m in members:
+            ops = [_convert(tn[s], self.dtypes[s], ld) for s, ld in zip(m.data_args, m.load_dtypes)]
+            if m.kind == "ew" and m.spec.name == "azmul" and self._azmul_is_product(m.data_args):
+                # azmul(a, b) = (a == 0 ? 0 : a * b) is a plain product (up to the sign of a zero) when a is a
+                # nonzero literal or b a finite literal; the multiply vectorises where the branch does not
+                src = _result(f"({ops[0]}) * ({ops[1]})", m.out_dtype)
+            else:
+                src, _ = member_source(m.kind, m.code, ops, m.load_dtypes, m.out_dtype, m.special)
+            v = self.tmp("t")
+            self.emit(f"{ind}{v} = {src}")
+            tn[m.out] = v
+        return tn
+
+    def _literal_value(self, s):
+        loc = self.loc.get(s)
+        if loc is None or loc.lit is None:
+            return None
+        try:
+            return float(eval(loc.lit, {"np": np, "__builtins__": {}}))  # noqa: S307 - literals we generated
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _azmul_is_product(self, args):
+        """``azmul(a, b)`` equals ``a * b`` (but for the sign of a zero): ``a`` a finite nonzero literal (the
+        product branch is always taken) or ``b`` a finite literal (``0 * b`` is then 0)."""
+        a, b = (self._literal_value(s) for s in args)
+        return (a is not None and math.isfinite(a) and a != 0) or (b is not None and math.isfinite(b))
+
+    def _shifted_plan(self, G, loop, shape, size, direct, deferred):
+        """When every write of the group goes to one 1-d buffer at several unit-stride windows (the adjoint
+        of ``x[1:]``, ``x[:-1]``, ...), the windows are evaluated per *output position* instead: the loop
+        runs over the buffer in segments, and at each position evaluates the members at the index each
+        active window needs (recomputing them for the shifted windows) and stores the sum once (assigned
+        into a buffer whose zero fill was deferred, else added).  No temporary, no read-modify-write
+        carried between iterations: vectorisable.  Returns ``(buffer, length, offsets, assign)`` or None."""
+        if not deferred or not size or len(shape) != 1 or not loop.flat:
+            return None
+        writes = [e for e in G["epi"] if e[0] == "write"]
+        bufs = {e[1] for e in writes}
+        if len(bufs) != 1:
+            return None
+        (buf,) = bufs
+        if any(e[3] != (1,) or not isinstance(e[2], int) or e[5] != "+=" for e in writes):
+            return None
+        slot = self._buffer_slot.get(buf)
+        if buf in G["unfilled"]:
+            total, assign = G["unfilled"][buf], True
+        elif slot is not None and len(self.shapes[slot]) == 1:
+            total, assign = self.shapes[slot][0], False
+        else:
+            return None
+        windows = []
+        for e in writes:
+            if e[2] not in windows:
+                windows.append(e[2])
+        return buf, total, windows, assign
+
+    def _emit_shifted(self, G, loop, members, ext, outs, plan):
+        from tapegrad.compile.fused import _convert
+
+        buf, total, windows, assign = plan
+        m = loop.shape[0]
+        o_d = windows[0]
+        cuts = sorted({0, total} | {min(max(w, 0), total) for w in windows} | {min(max(w + m, 0), total)
+                                                                               for w in windows})
+        by_member = {mm.out: mm for mm in members}
+
+        def needed(slots):
+            """Members (in order) and external slots the values of ``slots`` need."""
+            need, stack = set(), list(slots)
+            while stack:
+                sl = stack.pop()
+                mm = by_member.get(sl)
+                if mm is not None and sl not in need:
+                    need.add(sl)
+                    stack.extend(mm.data_args)
+            ms = [mm for mm in members if mm.out in need]
+            ex = []
+            for mm in ms:
+                for sl in mm.data_args:
+                    if sl not in by_member and sl not in ex:
+                        ex.append(sl)
+            for sl in slots:
+                if sl not in by_member and sl not in ex:
+                    ex.append(sl)
+            return ms, ex
+
+        writes = {w: [e for e in G["epi"] if e[0] == "write" and e[1] == buf and e[2] == w] for w in windows}
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if a >= b:
+                continue
+            active = [w for w in windows if w <= a and b <= w + m]
+            if not active:
+                if assign:
+                    self.emit(f"    {buf}[{a}:{b}] = 0")
+                continue
+            self.emit(f"    for p in range({a}, {b}):")
+            ind = "        "
+            vals = []
+            for w in active:
+                var = "i" if w == o_d else self.tmp("j")
+                self.emit(f"{ind}{var} = p - {w}")
+                loop.var = var
+                if w == o_d:  # the primary evaluation: everything the group does, once per index
+                    tn = self._emit_eval(ind, loop, members, ext)
+                    self._emit_primary(ind, loop, G, tn, outs)  # (its writes all go to ``buf``: summed below)
+                else:
+                    ys = [e[4] for e in writes[w]]
+                    ms, ex = needed(ys)
+                    tn = self._emit_eval(ind, loop, ms, ex)
+                vals += [_convert(tn[e[4]], self.dtypes[e[4]], e[6]) for e in writes[w]]
+                loop.var = "i"
+            self.emit(f"{ind}{buf}[p] {'=' if assign else '+='} {' + '.join(vals)}")
+
+    def instruction(self, k):
+        tape = self.tape
+        name = name_of(int(tape.codes[k]))
+        op = tape.ops[k] if tape.ops else None
+        if op is None:
+            raise Unsupported(f"instruction {k} ({name}) has no op")
+        args = [int(s) for s in tape.instr_args(k)]
+        outs = [int(s) for s in tape.instr_outs(k)]
+        fn = getattr(self, "op_" + name.lower(), None)
+        if fn is None:
+            raise Unsupported(f"no program template for {name}")
+        fn(k, op, args, outs)

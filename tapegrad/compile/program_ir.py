@@ -1,0 +1,150 @@
+"""The program tier's building blocks (see :mod:`tapegrad.compile.program`): where a slot's elements live
+(:class:`_Loc`), loop nests over a shape (:class:`_Loop`), literals, and the tier's limits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tapegrad.compile.kernels.steps import row_major
+
+PROGRAM_VERSION = 1
+MAX_INSTRUCTIONS = 300  # numba compile time grows faster than the tape (625 instructions: 136 s): bigger tapes stay on tiers 0/1
+_ACC = {"float32": "float64"}  # accumulate sums of these dtypes in a wider type
+
+
+# LLVM may reassociate floating-point additions and multiplications (so sums vectorise); no flag lets it
+# assume away NaN, inf or signed zeros, so ``x * 0``, ``x - x`` and the absolute-zero multiply stay IEEE.
+FASTMATH = {"reassoc"}
+
+
+def _fastmath_src():
+    return "{" + ", ".join(repr(f) for f in sorted(FASTMATH)) + "}" if FASTMATH else "False"
+
+
+class Unsupported(Exception):
+    """The tape has an instruction (or a shape/dtype case) with no program template."""
+
+
+def _lit(value, dt):
+    """Source of the scalar ``value`` as a ``dt`` literal."""
+    v = np.asarray(value).reshape(-1)[0]
+    if dt == "bool":
+        return "True" if bool(v) else "False"
+    if dt in ("int64", "int32", "int16", "int8", "uint8"):
+        return f"np.{dt}({int(v)})"
+    f = float(v)
+    if math.isnan(f):
+        s = "np.nan"
+    elif math.isinf(f):
+        s = "np.inf" if f > 0 else "-np.inf"
+    else:
+        s = repr(f)
+    return f"np.{dt}({s})"
+
+
+class _Loc:
+    """Where a slot's elements are: a literal, or a flat buffer with an element offset and strides."""
+
+    __slots__ = ("lit", "buf", "off", "strides", "shape", "owned")
+
+    def __init__(self, shape, lit=None, buf=None, off=0, strides=None, owned=False):
+        self.shape = tuple(int(n) for n in shape)
+        self.lit = lit
+        self.buf = buf
+        self.off = off if isinstance(off, str) else int(off)  # a str: a run-time offset (a loop row)
+        self.strides = tuple(strides) if strides is not None else row_major(self.shape)
+        self.owned = owned
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def contiguous(self):
+        st = 1
+        for n, s in zip(reversed(self.shape), reversed(self.strides)):
+            if n != 1 and s != st:
+                return False
+            st *= n
+        return True
+
+
+def _off_add(a, b):
+    """``a + b`` for offsets that may be source strings (run-time offsets)."""
+    if isinstance(a, str) or isinstance(b, str):
+        if b == 0:
+            return a
+        if a == 0:
+            return b
+        return f"({a} + {b})"
+    return a + b
+
+
+def _read_strides(loc, shape):
+    """Element strides of ``loc`` read over the loop ``shape`` (right-aligned broadcasting: 0 on new axes)."""
+    lead = len(shape) - len(loc.shape)
+    if lead < 0:
+        raise Unsupported("an operand has more dimensions than its loop")
+    st = []
+    for d, n in enumerate(shape):
+        a = d - lead
+        if a < 0 or loc.shape[a] == 1:
+            st.append(0)
+        elif loc.shape[a] != n:
+            raise Unsupported(f"operand shape {loc.shape} does not broadcast to {shape}")
+        else:
+            st.append(loc.strides[a])
+    return st
+
+
+class _Loop:
+    """A loop nest over ``shape``: ``index(off, strides)`` gives the flat index source of an operand."""
+
+    def __init__(self, shape, operand_strides):
+        self.shape = tuple(int(n) for n in shape)
+        rm = row_major(self.shape)
+        self.flat = all(list(s) == list(rm) or not any(s) for s in operand_strides)
+        self.dims = [d for d, n in enumerate(self.shape) if n != 1]
+        self.var = "i"  # the flat loop's index variable
+
+    def open(self, emit, ind):
+        """Emit the loop headers; returns the body indentation."""
+        n = int(np.prod(self.shape, dtype=np.int64))
+        if self.flat:
+            emit(f"{ind}for i in range({n}):")
+            return ind + "    "
+        for d in self.dims:
+            emit(f"{ind}for i{d} in range({self.shape[d]}):")
+            ind += "    "
+        return ind
+
+    def index(self, off, strides):
+        if self.flat:
+            if not any(strides):
+                return str(off)
+            return self.var if off == 0 else f"{off} + {self.var}"
+        terms = [f"i{d} * {strides[d]}" if strides[d] != 1 else f"i{d}" for d in self.dims if strides[d]]
+        if off or not terms:
+            terms.insert(0, str(off))
+        return " + ".join(terms)
+
+    def out_index(self):
+        """Flat row-major index of the loop position (the index of a fresh output buffer)."""
+        return self.index(0, row_major(self.shape))
+
+
+def _mean_count(shape, axes, ddof):
+    """The divisor of a mean over ``axes`` of ``shape`` (``ddof`` subtracted), or None when it is not positive."""
+    cnt = int(np.prod([shape[a] for a in axes], dtype=np.int64)) - int(ddof)
+    return cnt if cnt > 0 else None
+
+
+def _sum_like_strides(gshape, oshape):
+    """Per axis of ``gshape``: the element stride of a C-contiguous ``oshape`` result that ``sum_like`` adds it
+    into (0 on the axes it sums over), or None when ``oshape`` has more dimensions."""
+    lead = len(gshape) - len(oshape)
+    if lead < 0:
+        return None
+    ost = row_major(oshape)
+    return [0 if d - lead < 0 or (oshape[d - lead] == 1 and n != 1) else ost[d - lead] for d, n in enumerate(gshape)]

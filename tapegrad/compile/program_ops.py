@@ -1,0 +1,425 @@
+"""Program-tier templates of the instructions that are not elementwise: views, fills, reductions,
+basic-index writes, roll/join/stack and the dot family (a mixin of :class:`tapegrad.compile.program_gen._Gen`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tapegrad.compile.kernels.steps import _dimshuffle_layout, _subtensor_layout, row_major
+from tapegrad.compile.program_ir import _ACC, Unsupported, _Loc, _Loop, _lit, _mean_count, _off_add, _sum_like_strides
+
+
+class OpTemplates:
+    """``op_<name>(k, op, args, outs)`` per op code: emit the instruction's code and set its output locations."""
+
+    def _view(self, o, x, layout):
+        """Slot ``o`` as a view of ``x`` given ``(offset, shape, strides)`` relative to ``x``'s layout."""
+        lx = self.loc[x]
+        if lx.lit is not None:
+            self.loc[o] = _Loc(self.shapes[o], lit=lx.lit)
+            return
+        off, shape, st = layout
+        self.loc[o] = _Loc(shape, buf=lx.buf, off=_off_add(lx.off, off), strides=st)
+
+    def _materialize(self, x):
+        """Make ``x`` contiguous (a copy) when it is not; returns its loc."""
+        loc = self.loc[x]
+        if loc.lit is None and not loc.contiguous():
+            src = self.copy_out(x)
+            self.loc[x] = loc = _Loc(loc.shape, buf=src, owned=True)
+        return loc
+
+    def op_subtensor(self, k, op, args, outs):
+        x, o = args[0], outs[0]
+        lx = self.loc[x]
+        r = None if lx.lit is not None else _subtensor_layout(op, lx.shape, lx.strides)
+        if lx.lit is not None:
+            if self.shapes[o] != () and int(np.prod(self.shapes[o])) != 1:
+                raise Unsupported("subtensor of a literal")
+            self.loc[o] = _Loc(self.shapes[o], lit=lx.lit)
+            return
+        if r is None or tuple(r[1]) != self.shapes[o]:
+            raise Unsupported("subtensor that is not a static basic index")
+        self._view(o, x, r)
+
+    def op_dimshuffle(self, k, op, args, outs):
+        x, o = args[0], outs[0]
+        lx = self.loc[x]
+        if lx.lit is not None:
+            self.loc[o] = _Loc(self.shapes[o], lit=lx.lit)
+            return
+        r = _dimshuffle_layout(op, lx.shape, lx.strides)
+        if r is None:
+            raise Unsupported("dimshuffle")
+        self._view(o, x, r)
+
+    def op_reshape(self, k, op, args, outs):
+        x, o = args[0], outs[0]
+        if self.loc[x].lit is not None:
+            self.loc[o] = _Loc(self.shapes[o], lit=self.loc[x].lit)
+            return
+        lx = self._materialize(x)
+        self._view(o, x, (0, self.shapes[o], row_major(self.shapes[o])))
+        assert lx.buf == self.loc[o].buf
+
+    op_flatten = op_reshape
+    op_ravel = op_reshape
+    def _identity_view(self, k, op, args, outs):
+        self.loc[outs[0]] = self.loc[args[0]]
+
+    op_specify_shape = _identity_view
+
+    def _fill(self, o, value_src):
+        loop = _Loop(self.shapes[o], [row_major(self.shapes[o])])
+        buf = self.fresh(o)
+        if self.loc[o].size:
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{buf}[{loop.out_index()}] = {value_src}")
+
+    def op_ones_like(self, k, op, args, outs):
+        self._fill(outs[0], _lit(1, self.dtypes[outs[0]]))
+
+    def op_zeros_like(self, k, op, args, outs):
+        self.fresh(outs[0], zero=True)
+
+    def op_alloc(self, k, op, args, outs):
+        self._broadcast_copy(args[0], outs[0])
+
+    def op_broadcast_like(self, k, op, args, outs):
+        self._broadcast_copy(args[0], outs[0])
+
+    def _broadcast_copy(self, x, o, strides=None, scale=None):
+        shape = self.shapes[o]
+        st = self.strides_for(x, shape) if strides is None else strides
+        loop = _Loop(shape, [st, row_major(shape)])
+        buf = self.fresh(o)
+        if not self.loc[o].size:
+            return
+        ind = loop.open(self.emit, "    ")
+        src = self.read(x, loop, strides=st, as_dt=self.dtypes[o])
+        if scale is not None:
+            src = f"{src} / {scale}"
+        self.emit(f"{ind}{buf}[{loop.out_index()}] = {src}")
+
+    def op_cast(self, k, op, args, outs):
+        self._broadcast_copy(args[0], outs[0])
+
+    # ---- reductions
+    def _accumulate(self, x, o, write_strides, scale=None):
+        """``out[write index] += x`` over ``x``'s shape (``write_strides``: out element strides per x axis)."""
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64"):
+            raise Unsupported(f"sum into {dt}")
+        xshape = self.loc[x].shape
+        n = int(np.prod(xshape, dtype=np.int64))
+        buf = self.fresh(o, zero=True)
+        if n == 0:
+            if scale is not None:
+                self._scale(o, scale)
+            return
+        acc_dt = _ACC.get(dt, dt)
+        loop = _Loop(xshape, [self.strides_for(x, xshape), list(write_strides)])
+        if not any(write_strides):  # a full reduction: a scalar accumulator
+            acc = self.tmp("s")
+            self.emit(f"    {acc} = np.{acc_dt}(0)")
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{acc} += {self.read(x, loop, as_dt=acc_dt)}")
+            self.emit(f"    {buf}[0] = {acc}")
+        else:
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{buf}[{loop.index(0, write_strides)}] += {self.read(x, loop, as_dt=dt)}")
+        if scale is not None:
+            self._scale(o, scale)
+
+    def _scale(self, o, count):
+        buf = self.loc[o].buf
+        n = max(self.loc[o].size, 1)
+        dt = self.dtypes[o]
+        self.emit(f"    for i in range({n}):")
+        self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(count)!r})")
+
+    def op_sum(self, k, op, args, outs):
+        x, o = args[0], outs[0]
+        ws, scale = self._sum_axes(k, op, x, o)
+        self._accumulate(x, o, ws, scale)
+
+    op_mean = op_sum
+
+    def op_max(self, k, op, args, outs):
+        """``max``/``min`` over axes: NaN propagates (as NumPy), started from the first element's value."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64") or self.dtypes[x] != dt:
+            raise Unsupported(f"{op.opname} of {self.dtypes[x]}")
+        xshape = self.loc[x].shape
+        if int(np.prod(xshape, dtype=np.int64)) == 0:
+            raise Unsupported("zero-size extremum")
+        ws, _ = self._sum_axes(k, op, x, o)
+        buf = self.fresh(o)
+        fn = "s_maximum" if op.which == "max" else "s_minimum"
+        if dt == "int64":
+            fill = "np.int64(-9223372036854775808)" if op.which == "max" else "np.int64(9223372036854775807)"
+        else:
+            fill = f"np.{dt}({'-' if op.which == 'max' else ''}np.inf)"
+        self.emit(f"    {buf}[:] = {fill}")
+        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
+        ind = loop.open(self.emit, "    ")
+        idx = loop.index(0, ws)
+        self.emit(f"{ind}{buf}[{idx}] = {fn}({buf}[{idx}], {self.read(x, loop)})")
+
+    op_min = op_max
+
+    def op_sum_like(self, k, op, args, outs):
+        g, o = args[0], outs[0]
+        ws = _sum_like_strides(self.loc[g].shape, self.shapes[o])
+        if ws is None:
+            raise Unsupported("sum_like to a bigger rank")
+        self._accumulate(g, o, ws)
+
+    def op_broadcast_reduced(self, k, op, args, outs):
+        g, o = args[0], outs[0]
+        axes = self._reduced_axes(k, op)
+        oshape = self.shapes[o]
+        lg = self.loc[g]
+        if lg.lit is not None:
+            st = [0] * len(oshape)
+        else:
+            st, j = [], 0
+            for d in range(len(oshape)):
+                if d in axes:
+                    st.append(0)
+                    if op.keepdims:
+                        j += 1
+                else:
+                    st.append(lg.strides[j] if lg.shape[j] != 1 else 0)
+                    j += 1
+        scale = None
+        if op.mean:
+            cnt = _mean_count(oshape, axes, op.ddof)
+            if cnt is None:
+                raise Unsupported("mean over an empty axis")
+            scale = _lit(cnt, self.dtypes[o])
+        self._broadcast_copy(g, o, strides=st, scale=scale)
+
+    # ---- basic-index writes
+    def _write(self, k, op, args, outs, mode):
+        x, y, o = args[0], args[1], outs[0]
+        if len(args) > 2:
+            raise Unsupported("write with dynamic bounds")
+        oshape = self.shapes[o]
+        buf, how = self._write_target(k, op.code, x, o)
+        r = _subtensor_layout(op, oshape, row_major(oshape))
+        if r is None:
+            raise Unsupported("write at a non-static index")
+        off, rshape, rst = r
+        rshape = tuple(rshape)
+        if int(np.prod(rshape, dtype=np.int64)) == 0:
+            return
+        yst = self.strides_for(y, rshape)
+        loop = _Loop(rshape, [yst, list(rst)])
+        ind = loop.open(self.emit, "    ")
+        src = self.read(y, loop, strides=yst, as_dt=self.dtypes[o])
+        idx = loop.index(off, list(rst))
+        self.emit(f"{ind}{buf}[{idx}] {how} {src}")
+
+    def op_subtensor_scatter(self, k, op, args, outs):
+        self._write(k, op, args, outs, "scatter")
+
+    def op_inc_subtensor(self, k, op, args, outs):
+        self._write(k, op, args, outs, "inc")
+
+    def op_set_subtensor(self, k, op, args, outs):
+        self._write(k, op, args, outs, "set")
+
+    # ---- roll, join
+    def op_roll(self, k, op, args, outs):
+        x, sh, o = args[0], args[1], outs[0]
+        lx = self.loc[x]
+        shape = self.shapes[o]
+        if lx.lit is not None:
+            raise Unsupported("roll of a literal")
+        shift = self.loc[sh].lit if self.loc[sh].lit is not None else f"{self.loc[sh].buf}[{self.loc[sh].off}]"
+        buf = self.fresh(o)
+        n = int(np.prod(shape, dtype=np.int64))
+        if n == 0:
+            return
+        sv = self.tmp("r")
+        if op.axis is None:
+            if not lx.contiguous():
+                raise Unsupported("roll of a strided array over all axes")
+            self.emit(f"    {sv} = np.int64({shift}) % {n}")
+            self.emit(f"    for i in range({n}):")
+            self.emit(f"        j = i - {sv}")
+            self.emit("        if j < 0:")
+            self.emit(f"            j += {n}")
+            self.emit(f"        {buf}[i] = {lx.buf}[{lx.off} + j]")
+            return
+        ax = op.axis
+        m = shape[ax]
+        self.emit(f"    {sv} = np.int64({shift}) % {m}")
+        loop = _Loop(shape, [[1] * len(shape)])  # forces nested loops
+        loop.flat = False
+        loop.dims = list(range(len(shape)))
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}j = i{ax} - {sv}")
+        self.emit(f"{ind}if j < 0:")
+        self.emit(f"{ind}    j += {m}")
+        terms = [str(lx.off)] + [f"{'j' if d == ax else f'i{d}'} * {lx.strides[d]}" for d in range(len(shape))]
+        self.emit(f"{ind}{buf}[{loop.out_index()}] = {lx.buf}[{' + '.join(terms)}]")
+
+    def op_join(self, k, op, args, outs):
+        o = outs[0]
+        shape = self.shapes[o]
+        buf = self.fresh(o)
+        ost = row_major(shape)
+        start = 0
+        for x in args:
+            xs = self.loc[x].shape
+            if int(np.prod(xs, dtype=np.int64)):
+                st = self.strides_for(x, xs)
+                loop = _Loop(xs, [st, ost])
+                loop.flat = False
+                loop.dims = [d for d, n in enumerate(xs) if n != 1]
+                ind = loop.open(self.emit, "    ")
+                self.emit(f"{ind}{buf}[{loop.index(start * ost[op.axis], ost)}] = "
+                          f"{self.read(x, loop, strides=st, as_dt=self.dtypes[o])}")
+            start += xs[op.axis]
+
+    def op_stack(self, k, op, args, outs):
+        """``stack`` = ``join`` of the inputs seen with a length-1 axis at ``axis`` (stride 0: no copy)."""
+        ax = op.axis
+        saved = {}
+        for x in args:
+            if x in saved:
+                continue
+            lx = saved[x] = self.loc[x]
+            shape = lx.shape[:ax] + (1,) + lx.shape[ax:]
+            if lx.lit is not None:
+                self.loc[x] = _Loc(shape, lit=lx.lit)
+            else:
+                self.loc[x] = _Loc(shape, buf=lx.buf, off=lx.off, strides=lx.strides[:ax] + (0,) + lx.strides[ax:],
+                                   owned=False)
+        try:
+            self.op_join(k, op, args, outs)
+        finally:
+            self.loc.update(saved)
+
+    # ---- dot family (BLAS through np.dot)
+    def _as_array(self, x):
+        """Source of a numba array (1-d or 2-d, 'C' or 'F' layout) holding ``x``'s value."""
+        loc = self.loc[x]
+        if loc.lit is not None:
+            raise Unsupported("dot of a literal")
+        shape = loc.shape
+        n = loc.size
+        if len(shape) == 1:
+            if loc.strides[0] == 1 or shape[0] <= 1:
+                return f"{loc.buf}[{loc.off}:{_off_add(loc.off, n)}]"
+        elif len(shape) == 2:
+            a, b = shape
+            if loc.contiguous():
+                return f"{loc.buf}[{loc.off}:{_off_add(loc.off, n)}].reshape(({a}, {b}))"
+            if (b == 1 or loc.strides[0] == 1) and (a == 1 or loc.strides[1] == a):
+                return f"{loc.buf}[{loc.off}:{_off_add(loc.off, n)}].reshape(({b}, {a})).T"
+        else:
+            raise Unsupported("dot of more than 2 dimensions")
+        src = self.copy_out(x)
+        if len(shape) == 2:
+            return f"{src}.reshape({shape!r})"
+        return src
+
+    def op_dot(self, k, op, args, outs):
+        a, b, o = args[0], args[1], outs[0]
+        if self.dtypes[o] not in ("float64", "float32") or any(self.dtypes[s] != self.dtypes[o] for s in (a, b)):
+            raise Unsupported("dot of non-float or mixed dtypes")
+        if any(n == 0 for s in (a, b) for n in self.shapes[s]):
+            raise Unsupported("dot of an empty operand")
+        sa, sb = self._as_array(a), self._as_array(b)
+        name = f"{self.prefix}b{o}"
+        if self.shapes[o] == ():
+            self.emit(f"    {name} = np.empty(1, np.{self.dtypes[o]})")
+            self.emit(f"    {name}[0] = np.dot({sa}, {sb})")
+        else:
+            self.emit(f"    {name} = np.ascontiguousarray(np.dot({sa}, {sb})).reshape(-1)")
+        self.loc[o] = _Loc(self.shapes[o], buf=name, owned=True)
+
+    def op_einsum(self, k, op, args, outs):
+        """Two-operand contractions over one label that are a (transposed) matrix/vector product."""
+        a, b, o = args[0], args[1], outs[0]
+        la, lb, lo = tuple(op.a_labels), tuple(op.b_labels), tuple(op.out_labels)
+        if (len(la) != len(self.shapes[a]) or len(lb) != len(self.shapes[b]) or len(lo) != len(self.shapes[o])
+                or len(set(la)) != len(la) or len(set(lb)) != len(lb)):
+            raise Unsupported("einsum with broadcast or repeated labels")
+        con = [c for c in la if c in lb and c not in lo]
+        fa = [c for c in la if c not in lb]
+        fb = [c for c in lb if c not in la]
+        if not con and len(la) == len(lb) == 1 and len(lo) == 2 and sorted(lo) == sorted(la + lb) and la != lb:
+            if self.dtypes[o] not in ("float64", "float32") or any(self.dtypes[s] != self.dtypes[o] for s in (a, b)):
+                raise Unsupported("outer product of non-float or mixed dtypes")
+            sa, sb = self._as_array(a), self._as_array(b)
+            first, second = (sa, sb) if lo == la + lb else (sb, sa)
+            self.emit(f"    {self.prefix}b{o} = np.outer({first}, {second}).reshape(-1)")
+            self.loc[o] = _Loc(self.shapes[o], buf=f"{self.prefix}b{o}", owned=True)
+            return
+        if len(con) != 1 or any(c in la and c in lb for c in lo) or sorted(fa + fb) != sorted(lo):
+            return self._einsum_loops(a, b, o, la, lb, lo)
+        if self.dtypes[o] not in ("float64", "float32") or any(self.dtypes[s] != self.dtypes[o] for s in (a, b)):
+            raise Unsupported("einsum of non-float or mixed dtypes")
+        if any(n == 0 for s in (a, b) for n in self.shapes[s]):
+            raise Unsupported("einsum of an empty operand")
+        sa, sb = self._as_array(a), self._as_array(b)
+        if len(la) == 2 and la[0] == con[0]:
+            sa = f"{sa}.T"
+        if len(lb) == 2 and lb[1] == con[0]:
+            sb = f"{sb}.T"
+        name = f"{self.prefix}b{o}"
+        if lo == tuple(fa + fb):
+            expr = f"np.dot({sa}, {sb})"
+        elif len(lo) == 2:  # (A B)^T = B^T A^T
+            ta = f"{sa}.T" if len(la) == 2 else sa
+            tb = f"{sb}.T" if len(lb) == 2 else sb
+            expr = f"np.dot({tb}, {ta})"
+        else:
+            raise Unsupported("einsum output order")
+        if self.shapes[o] == ():
+            self.emit(f"    {name} = np.empty(1, np.{self.dtypes[o]})")
+            self.emit(f"    {name}[0] = {expr}")
+        else:
+            self.emit(f"    {name} = np.ascontiguousarray({expr}).reshape(-1)")
+        self.loc[o] = _Loc(self.shapes[o], buf=name, owned=True)
+
+    def _einsum_loops(self, a, b, o, la, lb, lo):
+        """Any two-operand einsum without broadcasting: a loop over every label, ``out += a * b``."""
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64"):
+            raise Unsupported("einsum loops of this dtype")
+        size = {}
+        for labels, s in ((la, a), (lb, b), (lo, o)):
+            for c, n in zip(labels, self.shapes[s]):
+                if size.setdefault(c, n) != n:
+                    raise Unsupported("einsum with mismatched label lengths")
+        labels = list(dict.fromkeys(lo + la + lb))
+        buf = self.fresh(o, zero=True)
+        if any(size[c] == 0 for c in labels):
+            return
+        ind = "    "
+        for c in labels:
+            self.emit(f"{ind}for l{c} in range({size[c]}):")
+            ind += "    "
+
+        def index(s, lab):
+            loc = self.loc[s]
+            st = loc.strides if s != o else row_major(self.shapes[o])
+            off = loc.off if s != o else 0
+            return " + ".join([str(off)] + [f"l{c} * {st[d]}" for d, c in enumerate(lab)])
+
+        def src(s, lab):
+            loc = self.loc[s]
+            return loc.lit if loc.lit is not None else f"{loc.buf}[{index(s, lab)}]"
+
+        self.emit(f"{ind}{buf}[{index(o, lo)}] += np.{dt}({src(a, la)}) * np.{dt}({src(b, lb)})")
+
+    def op_matmul(self, k, op, args, outs):
+        if any(len(self.shapes[s]) > 2 for s in args[:2]):
+            raise Unsupported("batched matmul")
+        self.op_dot(k, op, args, outs)
