@@ -44,7 +44,9 @@ the output is checked against the reference again (the tier swapped in after
 the first call must be right too: a mismatch is flagged in the note).  Outputs are checked
 against the hand-written NumPy reference (max-abs error / max-abs reference).
 One thread by default (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS=1, XLA one thread,
-torch ``set_num_threads(1)``); ``--threads default`` leaves threading alone.
+torch ``set_num_threads(1)``, and every cell's process pinned to one CPU, since
+JAX used 1.5 cores on W1 with the variables alone); ``--threads default``
+leaves threading and affinity alone.
 
 tapegrad's engine is compiled once and cached on disk by Numba
 (``NUMBA_CACHE_DIR``: the environment's, else ``<repo>/.numba_cache`` like the
@@ -469,10 +471,19 @@ def _signal_note(rc):
     return None
 
 
+def _pin_one_cpu():
+    """Child side of ``--threads 1``: run on one CPU.  The thread variables do not stop every runtime from
+    using a second core (JAX's XLA CPU runtime ran W1 at 1.5 cores with them set), so the cell is pinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[0]})
+
+
 def run_sub(cmd, env, cap_s):
     t0 = time.perf_counter()
+    pin = _pin_one_cpu if env.get("COMPARE_THREADS") == "1" and hasattr(os, "sched_setaffinity") else None
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=cap_s, cwd=str(REPO))
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=cap_s, cwd=str(REPO),
+                           preexec_fn=pin)
         out, err, rc, timed_out = p.stdout, p.stderr, p.returncode, False
     except subprocess.TimeoutExpired as e:
         def _s(x):

@@ -65,14 +65,18 @@ _FINGERPRINT = None
 
 
 def scalar_fingerprint():
-    """Hash of kernels/scalar.py: generated modules call into it, and numba's cache keys on the module file
-    only, so the module name carries this (a changed scalar.py gives new modules)."""
+    """Hash of kernels/scalar.py and vmath.py: generated modules call into them, and numba's cache keys on the
+    module file only, so the module name carries this (a changed scalar.py or vmath.py gives new modules)."""
     global _FINGERPRINT
     if _FINGERPRINT is None:
+        from tapegrad.compile import vmath
         from tapegrad.compile.kernels import scalar
 
-        with open(scalar.__file__, "rb") as f:
-            _FINGERPRINT = hashlib.sha1(f.read()).hexdigest()[:12]
+        h = hashlib.sha1()
+        for mod in (scalar, vmath):
+            with open(mod.__file__, "rb") as f:
+                h.update(f.read())
+        _FINGERPRINT = h.hexdigest()[:12]
     return _FINGERPRINT
 
 
@@ -163,6 +167,7 @@ def generate_source(group, name="kernel"):
         "import numpy as np",
         "from numba import njit",
         "from tapegrad.compile.kernels.scalar import *  # noqa: F401,F403  s_exp, s_power, s_azmul, ...",
+        "from tapegrad.compile.vmath import *  # noqa: F401,F403  vectorisable s_tanh",
         "",
         "",
         '@njit(cache=True, fastmath=False, error_model="numpy", nogil=True, boundscheck=False)',

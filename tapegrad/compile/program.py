@@ -45,10 +45,11 @@ from tapegrad.compile.program_ir import (  # noqa: F401  (the tier's limits and 
     FASTMATH, MAX_INSTRUCTIONS, PROGRAM_VERSION, Unsupported)
 
 def generate(tape, shapes, dtypes, values, const_instrs, node):
-    """``(source, array constants)`` of the program of ``tape`` at these slot shapes (raises Unsupported)."""
+    """``(source, array constants, workspace)`` of the program of ``tape`` at these slot shapes (raises
+    Unsupported); ``workspace`` lists ``(dtype, length)`` of the workspace parameters, after the constants."""
     g = _Gen(tape, shapes, dtypes, values or {}, const_instrs or (), node)
     src = g.generate()
-    return src, [a for _, a in g.array_consts]
+    return src, [a for _, a in g.array_consts], sorted(g.ws_sizes.items())
 
 
 # --------------------------------------------------------------------------- compiling
@@ -63,7 +64,7 @@ class Program(GeneratedModule):
     entry = "program"
     what = "program"
 
-    def __init__(self, source, consts, input_shapes, input_dtypes, n_outputs):
+    def __init__(self, source, consts, input_shapes, input_dtypes, n_outputs, workspace=()):
         h = hashlib.sha1(repr((PROGRAM_VERSION, CODEGEN_VERSION, scalar_fingerprint(), source)).encode())
         name = "tg_program_" + h.hexdigest()[:20]
         super().__init__(name, source, os.path.join(cache_dir(), name + ".py"))
@@ -71,10 +72,16 @@ class Program(GeneratedModule):
         self.input_shapes = tuple(input_shapes)
         self.input_dtypes = tuple(np.dtype(d) for d in input_dtypes)
         self.n_outputs = n_outputs
+        self.workspace_spec = tuple((np.dtype(d), int(n)) for d, n in workspace)
+
+    def new_workspace(self):
+        """Fresh workspace arrays (the program's last parameters): one flat array per dtype of its large
+        intermediates.  Callers keep one per thread and pass it on every call."""
+        return tuple(np.empty(n, d) for d, n in self.workspace_spec)
 
     def _dummy(self):
         args = [np.zeros(s, d) for s, d in zip(self.input_shapes, self.input_dtypes)]
-        return args + list(self.consts)
+        return args + list(self.consts) + [np.zeros(1, d) for d, _ in self.workspace_spec]
 
     def _build(self, fn):
         # compile (or load from numba's disk cache) for the argument types of real calls, and mark the
@@ -96,7 +103,7 @@ class Program(GeneratedModule):
             return False
 
     def __call__(self, *flat_inputs):
-        return self.fn(*flat_inputs, *self.consts)
+        return self.fn(*flat_inputs, *self.consts, *self.new_workspace())
 
 
 def _numba_type(a):
@@ -105,8 +112,9 @@ def _numba_type(a):
     return typeof(a)
 
 
-def get_program(source, consts, input_shapes, input_dtypes, n_outputs, background=False, only_if_cached=False):
-    p = Program(source, consts, input_shapes, input_dtypes, n_outputs)
+def get_program(source, consts, input_shapes, input_dtypes, n_outputs, background=False, only_if_cached=False,
+                workspace=()):
+    p = Program(source, consts, input_shapes, input_dtypes, n_outputs, workspace)
     with _LOCK:
         q = _PROGRAMS.get(p.name)
         if q is None or len(q.consts) != len(p.consts) or not all(
@@ -136,6 +144,15 @@ class EngineProgram:
         self.n_outputs = n_outputs
         self.in_shapes = [tuple(s) for s in in_shapes]
         self._fast = None
+        self._local = threading.local()  # .w: this thread's workspace (the program's large intermediates)
+
+    def workspace(self):
+        """This thread's workspace arrays, allocated on its first call and kept while the function lives (a
+        program's calls on one thread never overlap; other threads get their own)."""
+        w = getattr(self._local, "w", None)
+        if w is None:
+            w = self._local.w = self.program.new_workspace()
+        return w
 
     @classmethod
     def make(cls, engine, plan, background, only_if_cached=False):
@@ -143,8 +160,8 @@ class EngineProgram:
         ``only_if_cached``, when no earlier process left it in the disk cache)."""
         tape = engine.tape
         try:
-            src, consts = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
-                                   engine.node)
+            src, consts, ws = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
+                                       engine.node)
         except Unsupported as e:
             engine.program_error = e
             return None
@@ -152,7 +169,7 @@ class EngineProgram:
         sh_dt = [engine.slot_dtypes[s] for s in tape.shared_slots]
         shapes = [plan.shapes[s] for s in tape.input_slots] + [plan.shapes[s] for s in tape.shared_slots]
         prog = get_program(src, consts, shapes, in_dt + sh_dt, len(tape.output_slots), background=background,
-                           only_if_cached=only_if_cached)
+                           only_if_cached=only_if_cached, workspace=ws)
         if prog is None:
             return None
         res = list(tape.output_slots) + list(tape.update_slots)
@@ -173,7 +190,7 @@ class EngineProgram:
         args = [np.ascontiguousarray(a, dtype=d) for a, d in zip(inputs, self.in_dtypes)]
         args += [np.ascontiguousarray(a, dtype=d) for a, d in zip(shared, self.sh_dtypes)]
         res = [np.asarray(r, dtype=d) if d is not None else r
-               for r, d in zip(self.program.fn(*args, *self.program.consts), self.scalar_dtypes)]
+               for r, d in zip(self.program.fn(*args, *self.program.consts, *self.workspace()), self.scalar_dtypes)]
         return res[:self.n_outputs], res[self.n_outputs:]
 
     def fast_call(self):
@@ -184,16 +201,20 @@ class EngineProgram:
             names = [f"a{j}" for j in range(n)]
             conds = [f"type({a}) is nd and {a}.dtype is D{j} and {a}.shape == S{j} and {a}.flags.c_contiguous"
                      for j, a in enumerate(names)]
+            nw = len(self.program.workspace_spec)
             src = ["def call(args):",
                    f"    if len(args) != {n}:",
                    "        return None",
                    f"    {''.join(a + ', ' for a in names)}= args" if n else "    pass",
                    f"    if {' and '.join(conds) if conds else 'True'}:",
-                   f"        r = fn({''.join(a + ', ' for a in names)}{''.join(f'C{j}, ' for j in range(len(self.program.consts)))})",
+                   "        w = getattr(L, 'w', None) or W()" if nw else "        pass",
+                   f"        r = fn({''.join(a + ', ' for a in names)}{''.join(f'C{j}, ' for j in range(len(self.program.consts)))}"
+                   f"{''.join(f'w[{j}], ' for j in range(nw))})",
                    "        return (" + "".join(f"r[{j}], " if d is None else f"arr(r[{j}], R{j}), "
                                           for j, d in enumerate(self.scalar_dtypes[:self.n_outputs])) + ")",
                    "    return None"]
-            env = {"nd": np.ndarray, "fn": self.program.fn, "arr": np.array}
+            env = {"nd": np.ndarray, "fn": self.program.fn, "arr": np.array, "L": self._local,
+                   "W": self.workspace}
             for j, c in enumerate(self.program.consts):
                 env[f"C{j}"] = c
             for j, d in enumerate(self.scalar_dtypes):
@@ -222,8 +243,11 @@ def njit_entry(engine_program, input_names=None):
         lines.append(f"    if {a}.shape != {tuple(shp)!r}:")
         lines.append(f"        raise ValueError({msg!r})")
     args = names + [f"C{j}" for j in range(len(prog.consts))]
+    for j, (d, size) in enumerate(prog.workspace_spec):  # a workspace per call: entries may run in parallel
+        lines.append(f"    w{j} = np.empty({size}, np.{d.name})")
+        args.append(f"w{j}")
     lines.append(f"    return fn({', '.join(args)})")
-    env = {"fn": prog.fn}
+    env = {"fn": prog.fn, "np": np}
     for j, c in enumerate(prog.consts):
         env[f"C{j}"] = c
     exec("\n".join(lines), env)  # noqa: S102 - generated from shapes and names only

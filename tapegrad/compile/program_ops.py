@@ -334,14 +334,20 @@ class OpTemplates:
             raise Unsupported("dot of non-float or mixed dtypes")
         if any(n == 0 for s in (a, b) for n in self.shapes[s]):
             raise Unsupported("dot of an empty operand")
-        sa, sb = self._as_array(a), self._as_array(b)
-        name = f"{self.prefix}b{o}"
+        self._dot_into(o, f"np.dot({self._as_array(a)}, {self._as_array(b)}")
+
+    def _dot_into(self, o, call):
+        """Emit ``call`` (an ``np.dot(x, y`` source without its closing parenthesis) storing into a new buffer
+        of slot ``o``: BLAS writes the buffer itself (``out=``), so a workspace window costs no allocation."""
         if self.shapes[o] == ():
+            name = f"{self.prefix}b{o}"
             self.emit(f"    {name} = np.empty(1, np.{self.dtypes[o]})")
-            self.emit(f"    {name}[0] = np.dot({sa}, {sb})")
-        else:
-            self.emit(f"    {name} = np.ascontiguousarray(np.dot({sa}, {sb})).reshape(-1)")
-        self.loc[o] = _Loc(self.shapes[o], buf=name, owned=True)
+            self.emit(f"    {name}[0] = {call})")
+            self.loc[o] = _Loc(self.shapes[o], buf=name, owned=True)
+            return
+        name = self.fresh(o)
+        out = name if len(self.shapes[o]) == 1 else f"{name}.reshape({self.shapes[o]!r})"
+        self.emit(f"    {call}, {out})")
 
     def op_einsum(self, k, op, args, outs):
         """Two-operand contractions over one label that are a (transposed) matrix/vector product."""
@@ -372,21 +378,15 @@ class OpTemplates:
             sa = f"{sa}.T"
         if len(lb) == 2 and lb[1] == con[0]:
             sb = f"{sb}.T"
-        name = f"{self.prefix}b{o}"
         if lo == tuple(fa + fb):
-            expr = f"np.dot({sa}, {sb})"
+            call = f"np.dot({sa}, {sb}"
         elif len(lo) == 2:  # (A B)^T = B^T A^T
             ta = f"{sa}.T" if len(la) == 2 else sa
             tb = f"{sb}.T" if len(lb) == 2 else sb
-            expr = f"np.dot({tb}, {ta})"
+            call = f"np.dot({tb}, {ta}"
         else:
             raise Unsupported("einsum output order")
-        if self.shapes[o] == ():
-            self.emit(f"    {name} = np.empty(1, np.{self.dtypes[o]})")
-            self.emit(f"    {name}[0] = {expr}")
-        else:
-            self.emit(f"    {name} = np.ascontiguousarray({expr}).reshape(-1)")
-        self.loc[o] = _Loc(self.shapes[o], buf=name, owned=True)
+        self._dot_into(o, call)
 
     def _einsum_loops(self, a, b, o, la, lb, lo):
         """Any two-operand einsum without broadcasting: a loop over every label, ``out += a * b``."""

@@ -34,13 +34,15 @@ def _tol(dtype, ref, scale_rtol=1e-5):
     A float32 result that cancels to ~0 (e.g. -0.9 + 1.8 * sigmoid(0)) keeps one
     rounding of its operands, which a fused loop may round differently: its
     relative error is then 1, while its error against the result's scale is ~1e-7.
+    float64 gets a floor of ``1e-15 * max(1, |result|)`` for the same reason: a
+    function near a root (gammaln(0.99999) = 5.8e-6) amplifies one ulp of its
+    operand, so two libms differ there by 1.5e-12 relative but 8.5e-18 absolute.
     """
     tol = dict(TOL[dtype])
-    if dtype == "float32":
-        finite = np.abs(np.asarray(ref, dtype=np.float64))
-        finite = finite[np.isfinite(finite)]
-        scale = max(1.0, float(finite.max())) if finite.size else 1.0  # operands are O(1) in these graphs
-        tol["atol"] = max(tol["atol"], scale_rtol * scale)
+    finite = np.abs(np.asarray(ref, dtype=np.float64))
+    finite = finite[np.isfinite(finite)]
+    scale = max(1.0, float(finite.max())) if finite.size else 1.0  # operands are O(1) in these graphs
+    tol["atol"] = max(tol["atol"], (scale_rtol if dtype == "float32" else 1e-15) * scale)
     return tol
 
 
