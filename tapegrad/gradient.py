@@ -18,7 +18,7 @@ from functools import reduce
 import numpy as np
 
 from tapegrad.config import config
-from tapegrad.graph import Constant, Variable, as_tensor, is_float_dtype, toposort
+from tapegrad.graph import Constant, Variable, ancestors, as_tensor, is_float_dtype, toposort
 from tapegrad.op import (  # noqa: F401  (re-exported)
     DisconnectedType,
     NullType,
@@ -284,6 +284,7 @@ def grad(
             mode = str(return_disconnected).lower()
             if mode == "zero":
                 rval[i] = _float_zeros_like(wrt_list[i])
+                rval[i].tag["sweep"] = {"request": None, "why": "disconnected"}
             elif mode == "none":
                 rval[i] = None
         else:
@@ -294,7 +295,51 @@ def grad(
                 g = g.astype(want)
                 g.name = name
                 rval[i] = g
+    why = None
+    if cost is None or known_grads:
+        why = "known_grads"
+    elif consider_constant:
+        why = "consider_constant"
+    _tag_results(rval, dict(kind="grad", f=[cost], wrt=list(wrt_list), points=[None]), why,
+                 list(known_grads.values()), outputs + wrt_list + list(consider_constant))
     return _mirror(wrt, rval)
+
+
+# --------------------------------------------------------------------------- provenance (the sweep route)
+def _tag_results(results, request, why, seeds, given):
+    """Record in ``result.tag["sweep"]`` how each result can be recomputed by the sweep route.
+
+    ``{"request": {kind, f, wrt, points}, "index": i}`` when it can, ``{"request": None, "why": ...}``
+    when it cannot (then ``tg.function`` uses the symbolic route for it).  Disconnected (zero) results
+    say so; user variables passed through unchanged (the ``seeds`` -- known gradients, eval points -- and
+    their ancestors, and the variables in ``given``) are left alone.  Only the tag is written: the results
+    themselves are unchanged.
+    """
+    user = None
+    for i, g in enumerate(results):
+        if g is None or not isinstance(g, Variable) or isinstance(g.type, (NullType, DisconnectedType)):
+            continue
+        if user is None:
+            user = {id(v) for v in ancestors([v for v in seeds if isinstance(v, Variable)])}
+            user.update(id(v) for v in given)
+        if id(g) in user or (g.tag.get("sweep") or {}).get("why") == "disconnected":
+            continue
+        if request is None or why is not None:
+            g.tag["sweep"] = {"request": None, "why": why or "not a sweep request"}
+        else:
+            g.tag["sweep"] = {"request": request, "index": i}
+
+
+def _retag(results, from_why, request, why_if_not):
+    """Turn the provenance ``_tag_results`` wrote with reason ``from_why`` into ``request`` (or a new reason)."""
+    for i, g in enumerate(results):
+        tag = getattr(g, "tag", {}).get("sweep") if isinstance(g, Variable) else None
+        if tag is None or tag.get("request") is not None or tag.get("why") != from_why:
+            continue
+        if why_if_not is not None:
+            g.tag["sweep"] = {"request": None, "why": why_if_not}
+        else:
+            g.tag["sweep"] = {"request": request, "index": i}
 
 
 def _backprop(var_to_app, grad_dict, wrt, outputs, cost_name):
@@ -477,9 +522,12 @@ def Lop(f, wrt, eval_points, consider_constant=None, disconnected_inputs="raise"
             known[v] = p if id(v) not in map(id, known) else known[v] + p
     if not known:
         raise ValueError("Lop: every eval_point is None")
-    return grad(
+    res = grad(
         None, wrt, consider_constant=consider_constant, known_grads=known, disconnected_inputs=disconnected_inputs
     )
+    _retag(_as_list(res), "known_grads", dict(kind="Lop", f=list(f_list), wrt=_as_list(wrt), points=points),
+           "consider_constant" if consider_constant else None)
+    return res
 
 
 def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero"):
@@ -540,7 +588,12 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
                 t = disconnected_type()
             else:
                 raise ValueError("return_disconnected must be 'zero', 'none' or 'disconnected'")
+            if t is not None and not isinstance(t.type, DisconnectedType):
+                t.tag["sweep"] = {"request": None, "why": "disconnected"}
         rval.append(t)
+    request = dict(kind="Rop", f=list(f_list), wrt=list(wrt_list), points=points)
+    connected = [t if id(out) in tangent else None for out, t in zip(f_list, rval)]
+    _tag_results(connected, request, None, [p for p in points if p is not None], list(f_list) + wrt_list)
     return _mirror(f, rval)
 
 
@@ -555,6 +608,18 @@ def hessian_vector_product(cost, wrt, p, consider_constant=None, disconnected_in
         raise ValueError(f"hessian_vector_product: {len(wrt_list)} wrt but {len(p_list)} vectors p")
     g = grad(cost, wrt_list, consider_constant=consider_constant, disconnected_inputs=disconnected_inputs)
     hv = Rop(g, wrt_list, p_list, disconnected_outputs="ignore", return_disconnected="zero")
+    sweepable = all(isinstance(gi, Variable) and (gi.tag.get("sweep") or {}).get("request") is not None for gi in g)
+    request = None
+    for h in hv:
+        tag = h.tag.get("sweep") if isinstance(h, Variable) else None
+        if tag is None or tag.get("request") is None or tag["request"]["kind"] != "Rop":
+            continue
+        if not sweepable:
+            h.tag["sweep"] = {"request": None, "why": "the gradient is not a plain grad of the cost"}
+            continue
+        if request is None:
+            request = dict(kind="hvp", f=[cost], wrt=list(wrt_list), points=tag["request"]["points"])
+        h.tag["sweep"] = {"request": request, "index": tag["index"]}
     return _mirror(wrt, hv)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from tapegrad.tape.build import build_tape, check_computable, normalize_updates
 _MISSING = object()
 DEVICES = ("python", "cpu", "cuda")
 TIERS = (None, "interp", "fused", "program")
+ROUTES = ("symbolic", "sweep", "auto")
 _ENGINES = {"cpu": ("tapegrad.compile.cpu", "CPUEngine"), "cuda": ("tapegrad.compile.cuda", "CUDAEngine")}
 
 
@@ -125,9 +127,16 @@ class Function:
     tape : Tape
         The flattened program (``print(f.tape)``).
     name, device : str
+    route : str
+        How the derivative outputs were computed: "symbolic" (graphs from each op's L_op/R_op), "sweep"
+        (every derivative output by the sweep route over the primal tape) or "mixed" (some of each;
+        ``route_notes`` maps the output positions that took the symbolic route to the reason).
     """
 
-    def __init__(self, inputs, outputs, tape, single, device, name=None, tier=None, nan_guard=None):
+    def __init__(self, inputs, outputs, tape, single, device, name=None, tier=None, nan_guard=None,
+                 route="symbolic", route_notes=None):
+        self.route = route
+        self.route_notes = dict(route_notes or {})
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.tape = tape
@@ -281,8 +290,16 @@ def _check_device_array(value, typ, name):
     return value
 
 
+def _resolve_route(route):
+    if route is None:
+        route = os.environ.get("TAPEGRAD_ROUTE") or "symbolic"
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
+    return route
+
+
 def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_input="raise", name=None,
-             tier=None, nan_guard=None):
+             tier=None, nan_guard=None, route=None):
     """Compile ``outputs`` as a function of ``inputs``.
 
     Parameters
@@ -310,6 +327,12 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
     nan_guard : bool, optional
         Raise when an instruction turns finite values into NaN/inf
         (default ``tg.config.nan_guard``).
+    route : {"symbolic", "sweep", "auto"} or None
+        How outputs returned by ``grad``/``Lop``/``Rop``/``hessian_vector_product`` are computed
+        (docs/sweep.md).  "symbolic" (the default; None reads the ``TAPEGRAD_ROUTE`` environment variable):
+        from their graphs.  "sweep": by adjoint/tangent sweeps over the primal tape; a derivative output the
+        sweep cannot reproduce raises ``ValueError`` saying why.  "auto": the sweep where it applies, the
+        symbolic route elsewhere.  ``Function.route`` says which route was taken.
 
     Returns
     -------
@@ -324,6 +347,7 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
         raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
     if nan_guard is None:
         nan_guard = config.nan_guard
+    route = _resolve_route(route)
     if isinstance(inputs, Variable):
         raise TypeError("inputs must be a list of Variables (wrap a single input in a list)")
     inputs = list(inputs)
@@ -331,14 +355,22 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
     outs = [o if isinstance(o, Variable) else as_tensor(o) for o in outs]
     upd = normalize_updates(updates)
     given = _normalize_givens(givens)
+    outs0, upd0 = outs, upd  # as given: the gradient provenance (route="sweep"/"auto") is on these
     if given:
         exprs = clone_replace(outs + [e for _, e in upd], given)
         outs, upd = exprs[: len(outs)], [(t, e) for (t, _), e in zip(upd, exprs[len(outs) :])]
     for i, o in enumerate(outs):
         check_computable(o, f"output {i}")
-    tape = build_tape(inputs, outs, upd)
+    tape, taken, notes = None, "symbolic", {}
+    if route != "symbolic":
+        from tapegrad.tape.sweep import compile_outputs
+
+        tape, taken, notes = compile_outputs(inputs, outs0, upd0, given, strict=route == "sweep")
+    if tape is None:
+        tape = build_tape(inputs, outs, upd)
     _check_unused(inputs, outs + [e for _, e in upd], on_unused_input)
-    return Function(inputs, outs, tape, single, device, name=name, tier=tier, nan_guard=nan_guard)
+    return Function(inputs, outs, tape, single, device, name=name, tier=tier, nan_guard=nan_guard,
+                    route=taken, route_notes=notes)
 
 
 def _check_unused(inputs, roots, policy):
