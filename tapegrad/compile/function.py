@@ -292,7 +292,7 @@ def _check_device_array(value, typ, name):
 
 def _resolve_route(route):
     if route is None:
-        route = os.environ.get("TAPEGRAD_ROUTE") or "symbolic"
+        route = os.environ.get("TAPEGRAD_ROUTE") or "auto"
     if route not in ROUTES:
         raise ValueError(f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
     return route
@@ -329,10 +329,10 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
         (default ``tg.config.nan_guard``).
     route : {"symbolic", "sweep", "auto"} or None
         How outputs returned by ``grad``/``Lop``/``Rop``/``hessian_vector_product`` are computed
-        (docs/sweep.md).  "symbolic" (the default; None reads the ``TAPEGRAD_ROUTE`` environment variable):
-        from their graphs.  "sweep": by adjoint/tangent sweeps over the primal tape; a derivative output the
-        sweep cannot reproduce raises ``ValueError`` saying why.  "auto": the sweep where it applies, the
-        symbolic route elsewhere.  ``Function.route`` says which route was taken.
+        (docs/sweep.md).  "auto" (the default; None reads the ``TAPEGRAD_ROUTE`` environment variable): by
+        the sweep where it applies, the symbolic route elsewhere.  "symbolic": from their graphs.  "sweep":
+        by adjoint/tangent sweeps over the primal tape; a derivative output the sweep cannot reproduce
+        raises ``ValueError`` saying why.  ``Function.route`` says which route was taken.
 
     Returns
     -------

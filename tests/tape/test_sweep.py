@@ -353,7 +353,10 @@ def test_route_option_and_environment(monkeypatch):
     g = tg.grad((x ** 3).sum(), x)
     with pytest.raises(ValueError, match="route must be one of"):
         tg.function([x], g, route="fast")
-    assert tg.function([x], g, device="python").route == "symbolic"  # the default stays symbolic
+    assert tg.function([x], g, device="python").route == "sweep"  # the default ("auto") sweeps where it can
+    assert tg.function([x], g, device="python", route="symbolic").route == "symbolic"
+    monkeypatch.setenv("TAPEGRAD_ROUTE", "symbolic")
+    assert tg.function([x], g, device="python").route == "symbolic"
     monkeypatch.setenv("TAPEGRAD_ROUTE", "sweep")
     f = tg.function([x], g, device="python")
     assert f.route == "sweep"
