@@ -99,6 +99,16 @@ class _Gen(OpTemplates, LoopTemplates):
         self.loc[s] = _Loc(shape, buf=name, owned=True)
         return name
 
+    def scratch(self, n, dt):
+        """A temporary flat array of ``n`` elements for one template's own use (a workspace window when large)."""
+        name = self.tmp("z")
+        if self.hoist is None and self.root is self and n >= WS_MIN:
+            self.ws_bufs[name] = (dt, n)
+            self.emit(f"    {name} = {_WS_MARK}{name}")
+        else:
+            self.emit(f"    {name} = np.empty({max(n, 1)}, np.{dt})")
+        return name
+
     def read(self, s, loop, strides=None, as_dt=None):
         """Source reading slot ``s`` at the current position of ``loop`` (broadcast unless ``strides``)."""
         loc = self.loc[s]
