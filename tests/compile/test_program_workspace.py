@@ -184,3 +184,17 @@ def test_hvp_azmul_by_folded_literals_is_a_product_and_stays_exact():
     middle = max(segments, key=len)  # the interior positions, where all three windows are active
     # v times x-terms only (the seed's ones and x ** 0 became literals, and azmul by a literal is a product)
     assert middle.count("s_azmul(") <= 5
+
+
+@pytest.mark.parametrize("n_out", [1, 2, 5, 16, 17])
+def test_thin_matrix_products_computed_transposed_match_python(n_out):
+    A, B, C = tg.dmatrix("A"), tg.dmatrix("B"), tg.dmatrix("C")
+    P = tg.dot(A, B)  # 200 x n_out: thin when 1 < n_out <= 16
+    Q = tg.dot(A.T, C)  # 30 x n_out
+    cost = tg.sum(tg.tanh(P) ** 2) + tg.sum(Q * Q)
+    outs = [P, Q, *tg.grad(cost, [A, B, C])]
+    a, b, c = RNG.standard_normal((200, 30)), RNG.standard_normal((30, n_out)), RNG.standard_normal((200, n_out))
+    f = tg.function([A, B, C], outs, device="cpu", tier="program")
+    _close(f(a, b, c), tg.function([A, B, C], outs, device="python")(a, b, c))
+    src = _program(f).program.source
+    assert ("np.ascontiguousarray((" in src) == (1 < n_out <= 16)
