@@ -42,6 +42,18 @@ class OpTemplates:
             raise Unsupported("subtensor that is not a static basic index")
         self._view(o, x, r)
 
+    def op_split(self, k, op, args, outs):
+        """Each piece is a view of ``x`` along ``op.axis`` (the gradient of a ``join``)."""
+        x = args[0]
+        lx = self.loc[x]
+        start = 0
+        for o in outs:
+            if lx.lit is not None:
+                self.loc[o] = _Loc(self.shapes[o], lit=lx.lit)
+                continue
+            self._view(o, x, (start * lx.strides[op.axis], self.shapes[o], lx.strides))
+            start += self.shapes[o][op.axis]
+
     def op_dimshuffle(self, k, op, args, outs):
         x, o = args[0], outs[0]
         lx = self.loc[x]

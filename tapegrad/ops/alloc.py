@@ -624,6 +624,18 @@ class Split(Op):
             raise NotImplementedError("split: output shapes depend on the value of splits_size")
         return out
 
+    def infer_shape_values(self, node, input_shapes, input_values):
+        """Output shapes when the piece lengths are known before the run (the CPU engine's plan knows
+        ``stack(shape_i(a), shape_i(b))``, the sizes in a ``join``'s gradient), else None."""
+        sizes = input_values[1]
+        if sizes is None:
+            return None
+        sizes = [int(n) for n in np.ravel(sizes)]
+        shape = tuple(input_shapes[0])
+        if len(sizes) != self.n_splits or any(n < 0 for n in sizes) or sum(sizes) != shape[self.axis]:
+            return None  # the run raises perform's error
+        return [shape[:self.axis] + (n,) + shape[self.axis + 1:] for n in sizes]
+
     def connection_pattern(self, node):
         return [[True] * self.n_splits, [False] * self.n_splits]
 
