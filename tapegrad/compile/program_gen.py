@@ -171,8 +171,8 @@ class _Gen(OpTemplates, LoopTemplates):
     def _place_workspace(self):
         """Give each workspace buffer an offset in its dtype's workspace ``w_<dtype>`` (a parameter the caller
         passes, kept per thread between calls): buffers whose live ranges (first to last top-level statement
-        naming them or a name assigned from them) overlap get disjoint windows, 64-byte aligned.  Large
-        intermediates then cost no allocation (page faults on fresh memory) and reuse cache-warm memory."""
+        naming them or a name assigned from them) overlap get disjoint windows, each starting on a 4 KiB page.
+        Large intermediates then cost no allocation (page faults on fresh memory) and reuse cache-warm memory."""
         if not self.ws_bufs:
             return
         stmt = []  # statement index of each line (a line indented by 4 starts a statement)
@@ -206,6 +206,7 @@ class _Gen(OpTemplates, LoopTemplates):
         for dt in sorted({d for d, _ in self.ws_bufs.values()}):
             bufs = sorted((first[b], b) for b, (d, _) in self.ws_bufs.items() if d == dt)
             placed = []  # (offset, size, last statement)
+            page = 4096 // np.dtype(dt).itemsize  # windows start on pages of the page-aligned workspace
             for start, b in bufs:
                 n = self.ws_bufs[b][1]
                 busy = sorted((o, o + sz) for o, sz, end in placed if end >= start)
@@ -213,7 +214,7 @@ class _Gen(OpTemplates, LoopTemplates):
                 for lo, hi in busy:  # first fit below each busy window
                     if off + n <= lo:
                         break
-                    off = max(off, -(-hi // 8) * 8)
+                    off = max(off, -(-hi // page) * page)
                 placed.append((off, n, last[b]))
                 offsets[b] = off
             self.ws_sizes[dt] = max(o + sz for o, sz, _ in placed)

@@ -58,6 +58,8 @@ def test_mlp_gradients_use_the_workspace_and_results_are_fresh_arrays():
     assert "w_float64" in src and "np.dot(" in src and ", b" in src  # BLAS writes straight into buffers
     (dt, size), = prog.program.workspace_spec
     assert dt == np.float64 and size >= program_ir.WS_MIN
+    (w,) = prog.workspace()
+    assert w.size == size and w.ctypes.data % 4096 == 0 and prog.workspace()[0] is w  # page-aligned, kept
     kept = [np.array(g, copy=True) for g in got]
     for g in got[1:]:
         g[...] = 12345.0  # results belong to the caller: scribbling on them changes nothing inside
