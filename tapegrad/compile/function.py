@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import inspect
 import os
@@ -290,6 +292,20 @@ def _check_device_array(value, typ, name):
     return value
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Cyclic garbage collection off while a tape is built (restored after, also on error): the collections
+    that the build's allocations trigger walk the user's whole graph each time (W4's 200-step unrolled
+    gradient: ``function`` 0.31-0.39 s with the collector, 0.25 s without)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _resolve_route(route):
     if route is None:
         route = os.environ.get("TAPEGRAD_ROUTE") or "auto"
@@ -362,12 +378,13 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
     for i, o in enumerate(outs):
         check_computable(o, f"output {i}")
     tape, taken, notes = None, "symbolic", {}
-    if route != "symbolic":
-        from tapegrad.tape.sweep import compile_outputs
+    with _gc_paused():  # building allocates many small objects; the collector would rescan the whole graph
+        if route != "symbolic":
+            from tapegrad.tape.sweep import compile_outputs
 
-        tape, taken, notes = compile_outputs(inputs, outs0, upd0, given, strict=route == "sweep")
-    if tape is None:
-        tape = build_tape(inputs, outs, upd)
+            tape, taken, notes = compile_outputs(inputs, outs0, upd0, given, strict=route == "sweep")
+        if tape is None:
+            tape = build_tape(inputs, outs, upd)
     _check_unused(inputs, outs + [e for _, e in upd], on_unused_input)
     return Function(inputs, outs, tape, single, device, name=name, tier=tier, nan_guard=nan_guard,
                     route=taken, route_notes=notes)
