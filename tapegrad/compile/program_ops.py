@@ -181,6 +181,77 @@ class OpTemplates:
 
     op_min = op_max
 
+    # ---- softmax family: per-slice passes over a keepdims-reduced scratch (one element per slice)
+    def _slices(self, x, axes):
+        """``(reduced size, strides into it per axis of x)`` for reductions over ``axes`` with keepdims."""
+        shape = self.loc[x].shape
+        axes = {a % len(shape) for a in axes} if shape else set()
+        kept = [n for d, n in enumerate(shape) if d not in axes]
+        st = row_major(tuple(kept))
+        ws, j = [], 0
+        for d in range(len(shape)):
+            if d in axes:
+                ws.append(0)
+            else:
+                ws.append(st[j])
+                j += 1
+        return max(int(np.prod(kept, dtype=np.int64)), 1), ws
+
+    def _per_slice(self, x, o, axes, what):
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32") or self.dtypes[x] != dt:
+            raise Unsupported(f"{what} of {self.dtypes[x]} into {dt}")
+        xshape = self.loc[x].shape
+        if int(np.prod(xshape, dtype=np.int64)) == 0:
+            raise Unsupported(f"zero-size {what}")
+        n, ws = self._slices(x, axes)
+        buf = self.fresh(o)
+        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws), list(row_major(xshape))])
+        return dt, n, ws, buf, loop
+
+    def op_sum_broadcast(self, k, op, args, outs):
+        """``x.sum(axis, keepdims=True)`` broadcast back to ``x``'s shape (the softmax gradient's ``S``)."""
+        x, o = args[0], outs[0]
+        dt, n, ws, buf, loop = self._per_slice(x, o, op.axis, "sum_broadcast")
+        red = self.scratch(n, _ACC.get(dt, dt))
+        self.emit(f"    {red}[:] = 0")
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{red}[{loop.index(0, ws)}] += {self.read(x, loop, as_dt=_ACC.get(dt, dt))}")
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{buf}[{loop.out_index()}] = np.{dt}({red}[{loop.index(0, ws)}])")
+
+    def op_softmax(self, k, op, args, outs):
+        """``exp(z) / sum(exp(z))``, ``z = x - max`` per slice (a non-finite max shifts by 0, as NumPy's
+        reference does), in three passes: max, exp and its sum, divide (or ``z - log(sum)`` for log_softmax)."""
+        x, o = args[0], outs[0]
+        log = op.code == "LOG_SOFTMAX"
+        dt, n, ws, buf, loop = self._per_slice(x, o, op.axis, "log_softmax" if log else "softmax")
+        m, tot = self.scratch(n, dt), self.scratch(n, dt)
+        self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
+        self.emit(f"    {tot}[:] = 0")
+        r = loop.index(0, ws)
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{m}[{r}] = s_maximum({m}[{r}], {self.read(x, loop)})")
+        self.emit(f"    for i in range({n}):")
+        self.emit(f"        {m}[i] = {m}[i] if np.isfinite({m}[i]) else np.{dt}(0)")
+        ind = loop.open(self.emit, "    ")
+        z = f"({self.read(x, loop)} - {m}[{r}])"
+        if log:
+            self.emit(f"{ind}{tot}[{r}] += np.exp({z})")
+            self.emit(f"    for i in range({n}):")
+            self.emit(f"        {tot}[i] = np.log({tot}[i])")
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{buf}[{loop.out_index()}] = {z} - {tot}[{r}]")
+        else:
+            e = self.tmp("e")
+            self.emit(f"{ind}{e} = np.exp({z})")
+            self.emit(f"{ind}{buf}[{loop.out_index()}] = {e}")
+            self.emit(f"{ind}{tot}[{r}] += {e}")
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{buf}[{loop.out_index()}] = {buf}[{loop.out_index()}] / {tot}[{r}]")
+
+    op_log_softmax = op_softmax
+
     def op_sum_like(self, k, op, args, outs):
         g, o = args[0], outs[0]
         ws = _sum_like_strides(self.loc[g].shape, self.shapes[o])
