@@ -252,6 +252,34 @@ class OpTemplates:
 
     op_log_softmax = op_softmax
 
+    def op_extremum_mask(self, k, op, args, outs):
+        """True at the first max (min) of each group in C order, a NaN counting as the extremum (the
+        gradient of ``max``/``min``): one pass keeps each group's best value and flat index, a second marks."""
+        from tapegrad.ops.reduce import _axes
+
+        x, o = args[0], outs[0]
+        dt = self.dtypes[x]
+        xshape = self.loc[x].shape
+        if dt not in ("float64", "float32", "int64") or self.dtypes[o] != "bool" or self.loc[x].lit is not None:
+            raise Unsupported(f"extremum_mask of {dt}")
+        if int(np.prod(xshape, dtype=np.int64)) == 0 or xshape == ():
+            raise Unsupported("extremum_mask of a zero-size or 0-d operand")
+        n, ws = self._slices(x, _axes(op.axis, self.node(k).inputs[0], "extremum_mask"))
+        buf = self.fresh(o)
+        best, at = self.scratch(n, dt), self.scratch(n, "int64")
+        self.emit(f"    {at}[:] = -1")
+        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws), list(row_major(xshape))])
+        r, v = loop.index(0, ws), self.tmp("v")
+        cmp = ">" if op.which == "max" else "<"
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{v} = {self.read(x, loop)}")
+        self.emit(f"{ind}if {at}[{r}] < 0 or {v} {cmp} {best}[{r}] or ({v} != {v} and {best}[{r}] == {best}[{r}]):")
+        self.emit(f"{ind}    {best}[{r}] = {v}")
+        self.emit(f"{ind}    {at}[{r}] = {loop.out_index()}")
+        self.emit(f"    {buf}[:] = False")
+        self.emit(f"    for i in range({n}):")
+        self.emit(f"        {buf}[{at}[i]] = True")
+
     def op_sum_like(self, k, op, args, outs):
         g, o = args[0], outs[0]
         ws = _sum_like_strides(self.loc[g].shape, self.shapes[o])

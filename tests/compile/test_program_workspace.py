@@ -276,3 +276,18 @@ def test_softmax_family_runs_in_the_program_with_numpy_semantics(axis, dtype):
     for g, r in zip(got, ref):
         assert g.dtype == r.dtype
         np.testing.assert_allclose(g, r, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 2)])
+def test_max_min_gradients_go_to_the_first_extremum_in_the_program(axis):
+    x = tg.dtensor3("x")
+    cost = tg.sum(tg.max(x, axis=axis) * 2.0) + tg.sum(tg.min(x, axis=axis))
+    outs = [tg.grad(cost, x)]
+    a = np.round(np.random.default_rng(4).standard_normal((3, 4, 5)))  # many ties
+    a[2, 1, 3] = np.nan
+    a[0, 0, 0] = np.inf
+    f = tg.function([x], outs, device="cpu", tier="program")
+    got, ref = f(a), tg.function([x], outs, device="python")(a)
+    assert "extremum_mask" not in str(f._engine.program_error or "")
+    _program(f)
+    np.testing.assert_array_equal(got[0], ref[0])
