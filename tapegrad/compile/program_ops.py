@@ -226,7 +226,7 @@ class OpTemplates:
         x, o = args[0], outs[0]
         log = op.code == "LOG_SOFTMAX"
         dt, n, ws, buf, loop = self._per_slice(x, o, op.axis, "log_softmax" if log else "softmax")
-        m, tot = self.scratch(n, dt), self.scratch(n, dt)
+        m, tot = self.scratch(n, dt), self.scratch(n, _ACC.get(dt, dt))  # float32 sums accumulate in float64
         self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
         self.emit(f"    {tot}[:] = 0")
         r = loop.index(0, ws)
@@ -239,7 +239,7 @@ class OpTemplates:
         if log:
             self.emit(f"{ind}{tot}[{r}] += np.exp({z})")
             self.emit(f"    for i in range({n}):")
-            self.emit(f"        {tot}[i] = np.log({tot}[i])")
+            self.emit(f"        {tot}[i] = np.log(np.{dt}({tot}[i]))")
             ind = loop.open(self.emit, "    ")
             self.emit(f"{ind}{buf}[{loop.out_index()}] = {z} - {tot}[{r}]")
         else:
@@ -248,9 +248,35 @@ class OpTemplates:
             self.emit(f"{ind}{buf}[{loop.out_index()}] = {e}")
             self.emit(f"{ind}{tot}[{r}] += {e}")
             ind = loop.open(self.emit, "    ")
-            self.emit(f"{ind}{buf}[{loop.out_index()}] = {buf}[{loop.out_index()}] / {tot}[{r}]")
+            self.emit(f"{ind}{buf}[{loop.out_index()}] = {buf}[{loop.out_index()}] / np.{dt}({tot}[{r}])")
 
     op_log_softmax = op_softmax
+
+    def op_logsumexp(self, k, op, args, outs):
+        """``m + log(sum(exp(x - m)))`` per group, ``m`` the max (0 where it is not finite), as NumPy's
+        reference computes it; the result's flat layout is the group order with or without kept dims."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        xshape = self.loc[x].shape
+        if dt not in ("float64", "float32") or self.dtypes[x] != dt or self.loc[x].lit is not None:
+            raise Unsupported(f"logsumexp of {self.dtypes[x]}")
+        if int(np.prod(xshape, dtype=np.int64)) == 0:
+            raise Unsupported("zero-size logsumexp")
+        n, ws = self._slices(x, op._norm(self.node(k).inputs[0]))
+        buf = self.fresh(o)
+        m, tot = self.scratch(n, dt), self.scratch(n, _ACC.get(dt, dt))  # float32 sums accumulate in float64
+        self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
+        self.emit(f"    {tot}[:] = 0")
+        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
+        r = loop.index(0, ws)
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{m}[{r}] = s_maximum({m}[{r}], {self.read(x, loop)})")
+        self.emit(f"    for i in range({n}):")
+        self.emit(f"        {m}[i] = {m}[i] if np.isfinite({m}[i]) else np.{dt}(0)")
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{tot}[{r}] += np.exp({self.read(x, loop)} - {m}[{r}])")
+        self.emit(f"    for i in range({n}):")
+        self.emit(f"        {buf}[i] = np.{dt}(np.log(np.{dt}({tot}[i]))) + {m}[i]")
 
     def op_extremum_mask(self, k, op, args, outs):
         """True at the first max (min) of each group in C order, a NaN counting as the extremum (the

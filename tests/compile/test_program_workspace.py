@@ -291,3 +291,34 @@ def test_max_min_gradients_go_to_the_first_extremum_in_the_program(axis):
     assert "extremum_mask" not in str(f._engine.program_error or "")
     _program(f)
     np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("axis,keepdims", [(None, False), (1, False), ((0, 2), True), (-1, True)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_logsumexp_runs_in_the_program_with_numpy_semantics(axis, keepdims, dtype):
+    x = tg.tensor("x", dtype=dtype, shape=(None, None, None))
+    y = tg.logsumexp(x, axis=axis, keepdims=keepdims)
+    outs = [y, tg.grad(tg.sum(y * 1.5), x)]
+    a = (np.random.default_rng(2).standard_normal((4, 3, 6)) * 5).astype(dtype)
+    a[1, 1, :] = -np.inf
+    a[2, 0, 2] = np.inf
+    f = tg.function([x], outs, device="cpu", tier="program")
+    got, ref = f(a), tg.function([x], outs, device="python")(a)
+    _program(f)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for g, r in zip(got, ref):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_float32_softmax_over_long_slices_sums_in_float64():
+    x = tg.fmatrix("x")
+    outs = [tg.softmax(x, axis=1), tg.logsumexp(x, axis=1)]
+    a = np.random.default_rng(5).standard_normal((3, 50000)).astype("float32")
+    f = tg.function([x], outs, device="cpu", tier="program")
+    got = f(a)
+    _program(f)
+    a64 = a.astype(np.float64)
+    s = np.exp(a64 - a64.max(1, keepdims=True))
+    np.testing.assert_allclose(got[0], s / s.sum(1, keepdims=True), rtol=2e-6, atol=1e-12)
+    np.testing.assert_allclose(got[1], np.log(np.exp(a64).sum(1)), rtol=2e-6)
