@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -70,6 +71,22 @@ class _Loc:
                 return False
             st *= n
         return True
+
+
+def _axis_strides(ndim, axes, reduced_strides, keepdims):
+    """Per axis of an ``ndim``-d operand, the element stride into its reduction over ``axes``: 0 on a reduced
+    axis, else the next of ``reduced_strides`` (given per axis of the reduced array; with ``keepdims`` the reduced
+    axes are present there too and are skipped)."""
+    ws, j = [], 0
+    for d in range(ndim):
+        if d in axes:
+            ws.append(0)
+            if keepdims:
+                j += 1
+        else:
+            ws.append(reduced_strides[j])
+            j += 1
+    return ws
 
 
 def _off_add(a, b):
@@ -150,3 +167,62 @@ def _sum_like_strides(gshape, oshape):
         return None
     ost = row_major(oshape)
     return [0 if d - lead < 0 or (oshape[d - lead] == 1 and n != 1) else ost[d - lead] for d, n in enumerate(gshape)]
+
+
+def place_workspace(lines, bufs):
+    """Give each workspace buffer of ``bufs`` (name -> (dtype, length)) a window of its dtype's workspace
+    ``w_<dtype>`` (a parameter the caller passes, kept per thread between calls) and rewrite its placeholder line
+    in ``lines``; returns ``{dtype: workspace length}``.  A buffer lives from its first to its last top-level
+    statement, or the last of any name assigned from it (directly or through other names: a view may outlive the
+    line that made it).  Buffers whose lives overlap get disjoint windows (first fit), each starting on a 4 KiB
+    page.  Large intermediates then cost no allocation (page faults on fresh memory) and reuse cache-warm memory."""
+    if not bufs:
+        return {}
+    stmt = []  # statement index of each line (a line indented by 4 starts a statement)
+    k = -1
+    for line in lines:
+        if line.startswith("    ") and not line.startswith("     "):
+            k += 1
+        stmt.append(max(k, 0))
+    word = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+    first, last, viewers = {}, {}, {}
+    for line, i in zip(lines, stmt):
+        names = set(word.findall(line))
+        for n in names:
+            last[n] = i
+            first.setdefault(n, i)
+        m = re.match(r"^    ([A-Za-z_][A-Za-z0-9_]*) = (.*)$", line)
+        if m and _WS_MARK not in line:  # a name bound to an expression of others may be a view of them
+            for n in names - {m.group(1)}:
+                viewers.setdefault(n, set()).add(m.group(1))
+
+    def end(b):
+        seen, stack, e = {b}, [b], last[b]
+        while stack:
+            for v in viewers.get(stack.pop(), ()):
+                if v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+                    e = max(e, last[v])
+        return e
+
+    offsets, sizes = {}, {}
+    for dt in sorted({d for d, _ in bufs.values()}):
+        placed = []  # (offset, size, last statement)
+        page = 4096 // np.dtype(dt).itemsize  # windows start on pages of the page-aligned workspace
+        for start, b in sorted((first[b], b) for b, (d, _) in bufs.items() if d == dt):
+            n = bufs[b][1]
+            off = 0
+            for lo, hi in sorted((o, o + sz) for o, sz, e in placed if e >= start):  # first fit below each busy one
+                if off + n <= lo:
+                    break
+                off = max(off, -(-hi // page) * page)
+            placed.append((off, n, end(b)))
+            offsets[b] = off
+        sizes[dt] = max(o + sz for o, sz, _ in placed)
+    for j, line in enumerate(lines):
+        if _WS_MARK in line:
+            lhs, b = line.split(f" = {_WS_MARK}")
+            dt, n = bufs[b]
+            lines[j] = f"{lhs} = w_{dt}[{offsets[b]}:{offsets[b] + n}]"
+    return sizes

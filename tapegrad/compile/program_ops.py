@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from tapegrad.compile.kernels.steps import _dimshuffle_layout, _subtensor_layout, row_major
-from tapegrad.compile.program_ir import _ACC, Unsupported, _Loc, _Loop, _lit, _mean_count, _off_add, _sum_like_strides
+from tapegrad.compile.program_ir import (_ACC, Unsupported, _axis_strides, _Loc, _Loop, _lit, _mean_count, _off_add,
+                                         _sum_like_strides)
 
 
 class OpTemplates:
@@ -181,40 +182,47 @@ class OpTemplates:
 
     op_min = op_max
 
-    # ---- softmax family: per-slice passes over a keepdims-reduced scratch (one element per slice)
-    def _slices(self, x, axes):
-        """``(reduced size, strides into it per axis of x)`` for reductions over ``axes`` with keepdims."""
-        shape = self.loc[x].shape
+    # ---- softmax family, logsumexp, extremum_mask: per-group passes over a scratch of one element per group
+    def _per_group(self, x, axes, what, dtypes=("float64", "float32")):
+        """``(groups, strides into a group array per axis of x, loop over x)`` for a reduction of ``x`` over
+        ``axes`` (the group array is row-major over the kept axes, with or without keepdims)."""
+        lx = self.loc[x]
+        if lx.lit is not None or self.dtypes[x] not in dtypes:
+            raise Unsupported(f"{what} of {'a literal' if lx.lit is not None else self.dtypes[x]}")
+        shape = lx.shape
+        if int(np.prod(shape, dtype=np.int64)) == 0:
+            raise Unsupported(f"zero-size {what}")
         axes = {a % len(shape) for a in axes} if shape else set()
         kept = [n for d, n in enumerate(shape) if d not in axes]
-        st = row_major(tuple(kept))
-        ws, j = [], 0
-        for d in range(len(shape)):
-            if d in axes:
-                ws.append(0)
-            else:
-                ws.append(st[j])
-                j += 1
-        return max(int(np.prod(kept, dtype=np.int64)), 1), ws
+        ws = _axis_strides(len(shape), axes, row_major(tuple(kept)), False)
+        loop = _Loop(shape, [self.strides_for(x, shape), list(ws), list(row_major(shape))])
+        return max(int(np.prod(kept, dtype=np.int64)), 1), ws, loop
 
-    def _per_slice(self, x, o, axes, what):
-        dt = self.dtypes[o]
-        if dt not in ("float64", "float32") or self.dtypes[x] != dt:
-            raise Unsupported(f"{what} of {self.dtypes[x]} into {dt}")
-        xshape = self.loc[x].shape
-        if int(np.prod(xshape, dtype=np.int64)) == 0:
-            raise Unsupported(f"zero-size {what}")
-        n, ws = self._slices(x, axes)
-        buf = self.fresh(o)
-        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws), list(row_major(xshape))])
-        return dt, n, ws, buf, loop
+    def _group_shift(self, x, n, ws, loop):
+        """A scratch of each group's max, made 0 where it is not finite (NumPy's reference shift); its name."""
+        dt = self.dtypes[x]
+        m = self.scratch(n, dt)
+        self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
+        r = loop.index(0, ws)
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{m}[{r}] = s_maximum({m}[{r}], {self.read(x, loop)})")
+        self.emit(f"    for i in range({n}):")
+        self.emit(f"        {m}[i] = {m}[i] if np.isfinite({m}[i]) else np.{dt}(0)")
+        return m
+
+    def _group_sum(self, n, dt):
+        """A zeroed scratch for per-group sums (float32 accumulates in float64); its name."""
+        tot = self.scratch(n, _ACC.get(dt, dt))
+        self.emit(f"    {tot}[:] = 0")
+        return tot
 
     def op_sum_broadcast(self, k, op, args, outs):
         """``x.sum(axis, keepdims=True)`` broadcast back to ``x``'s shape (the softmax gradient's ``S``)."""
         x, o = args[0], outs[0]
-        dt, n, ws, buf, loop = self._per_slice(x, o, op.axis, "sum_broadcast")
-        red = self.scratch(n, _ACC.get(dt, dt))
-        self.emit(f"    {red}[:] = 0")
+        dt = self.dtypes[o]
+        n, ws, loop = self._per_group(x, op.axis, "sum_broadcast", (dt,))
+        buf = self.fresh(o)
+        red = self._group_sum(n, dt)
         ind = loop.open(self.emit, "    ")
         self.emit(f"{ind}{red}[{loop.index(0, ws)}] += {self.read(x, loop, as_dt=_ACC.get(dt, dt))}")
         ind = loop.open(self.emit, "    ")
@@ -225,15 +233,12 @@ class OpTemplates:
         reference does), in three passes: max, exp and its sum, divide (or ``z - log(sum)`` for log_softmax)."""
         x, o = args[0], outs[0]
         log = op.code == "LOG_SOFTMAX"
-        dt, n, ws, buf, loop = self._per_slice(x, o, op.axis, "log_softmax" if log else "softmax")
-        m, tot = self.scratch(n, dt), self.scratch(n, _ACC.get(dt, dt))  # float32 sums accumulate in float64
-        self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
-        self.emit(f"    {tot}[:] = 0")
-        r = loop.index(0, ws)
-        ind = loop.open(self.emit, "    ")
-        self.emit(f"{ind}{m}[{r}] = s_maximum({m}[{r}], {self.read(x, loop)})")
-        self.emit(f"    for i in range({n}):")
-        self.emit(f"        {m}[i] = {m}[i] if np.isfinite({m}[i]) else np.{dt}(0)")
+        dt = self.dtypes[o]
+        n, ws, loop = self._per_group(x, op.axis, "log_softmax" if log else "softmax", (dt,))
+        buf = self.fresh(o)
+        m = self._group_shift(x, n, ws, loop)
+        tot = self._group_sum(n, dt)
+        r, oi = loop.index(0, ws), loop.out_index()
         ind = loop.open(self.emit, "    ")
         z = f"({self.read(x, loop)} - {m}[{r}])"
         if log:
@@ -241,14 +246,14 @@ class OpTemplates:
             self.emit(f"    for i in range({n}):")
             self.emit(f"        {tot}[i] = np.log(np.{dt}({tot}[i]))")
             ind = loop.open(self.emit, "    ")
-            self.emit(f"{ind}{buf}[{loop.out_index()}] = {z} - {tot}[{r}]")
+            self.emit(f"{ind}{buf}[{oi}] = {z} - {tot}[{r}]")
         else:
             e = self.tmp("e")
             self.emit(f"{ind}{e} = np.exp({z})")
-            self.emit(f"{ind}{buf}[{loop.out_index()}] = {e}")
+            self.emit(f"{ind}{buf}[{oi}] = {e}")
             self.emit(f"{ind}{tot}[{r}] += {e}")
             ind = loop.open(self.emit, "    ")
-            self.emit(f"{ind}{buf}[{loop.out_index()}] = {buf}[{loop.out_index()}] / np.{dt}({tot}[{r}])")
+            self.emit(f"{ind}{buf}[{oi}] = {buf}[{oi}] / np.{dt}({tot}[{r}])")
 
     op_log_softmax = op_softmax
 
@@ -257,22 +262,11 @@ class OpTemplates:
         reference computes it; the result's flat layout is the group order with or without kept dims."""
         x, o = args[0], outs[0]
         dt = self.dtypes[o]
-        xshape = self.loc[x].shape
-        if dt not in ("float64", "float32") or self.dtypes[x] != dt or self.loc[x].lit is not None:
-            raise Unsupported(f"logsumexp of {self.dtypes[x]}")
-        if int(np.prod(xshape, dtype=np.int64)) == 0:
-            raise Unsupported("zero-size logsumexp")
-        n, ws = self._slices(x, op._norm(self.node(k).inputs[0]))
+        n, ws, loop = self._per_group(x, op._norm(self.node(k).inputs[0]), "logsumexp", (dt,))
         buf = self.fresh(o)
-        m, tot = self.scratch(n, dt), self.scratch(n, _ACC.get(dt, dt))  # float32 sums accumulate in float64
-        self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
-        self.emit(f"    {tot}[:] = 0")
-        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
+        m = self._group_shift(x, n, ws, loop)
+        tot = self._group_sum(n, dt)
         r = loop.index(0, ws)
-        ind = loop.open(self.emit, "    ")
-        self.emit(f"{ind}{m}[{r}] = s_maximum({m}[{r}], {self.read(x, loop)})")
-        self.emit(f"    for i in range({n}):")
-        self.emit(f"        {m}[i] = {m}[i] if np.isfinite({m}[i]) else np.{dt}(0)")
         ind = loop.open(self.emit, "    ")
         self.emit(f"{ind}{tot}[{r}] += np.exp({self.read(x, loop)} - {m}[{r}])")
         self.emit(f"    for i in range({n}):")
@@ -285,16 +279,13 @@ class OpTemplates:
 
         x, o = args[0], outs[0]
         dt = self.dtypes[x]
-        xshape = self.loc[x].shape
-        if dt not in ("float64", "float32", "int64") or self.dtypes[o] != "bool" or self.loc[x].lit is not None:
-            raise Unsupported(f"extremum_mask of {dt}")
-        if int(np.prod(xshape, dtype=np.int64)) == 0 or xshape == ():
-            raise Unsupported("extremum_mask of a zero-size or 0-d operand")
-        n, ws = self._slices(x, _axes(op.axis, self.node(k).inputs[0], "extremum_mask"))
+        if self.dtypes[o] != "bool" or self.shapes[x] == ():
+            raise Unsupported(f"extremum_mask of {self.shapes[x]} into {self.dtypes[o]}")
+        axes = _axes(op.axis, self.node(k).inputs[0], "extremum_mask")
+        n, ws, loop = self._per_group(x, axes, "extremum_mask", ("float64", "float32", "int64"))
         buf = self.fresh(o)
         best, at = self.scratch(n, dt), self.scratch(n, "int64")
         self.emit(f"    {at}[:] = -1")
-        loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws), list(row_major(xshape))])
         r, v = loop.index(0, ws), self.tmp("v")
         cmp = ">" if op.which == "max" else "<"
         ind = loop.open(self.emit, "    ")
@@ -321,15 +312,8 @@ class OpTemplates:
         if lg.lit is not None:
             st = [0] * len(oshape)
         else:
-            st, j = [], 0
-            for d in range(len(oshape)):
-                if d in axes:
-                    st.append(0)
-                    if op.keepdims:
-                        j += 1
-                else:
-                    st.append(lg.strides[j] if lg.shape[j] != 1 else 0)
-                    j += 1
+            st = _axis_strides(len(oshape), axes, [s if n != 1 else 0 for n, s in zip(lg.shape, lg.strides)],
+                               op.keepdims)
         scale = None
         if op.mean:
             cnt = _mean_count(oshape, axes, op.ddof)

@@ -17,6 +17,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from tapegrad.compile.kernels import scalar as _scalar
+
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # trailing zeros: k * _LN2_HI is exact for |k| < 2**11
 _LN2_LO = 1.90821492927058770002e-10
@@ -63,13 +65,9 @@ def v_tanh(x):
     return x if x != x else t
 
 
-@njit(error_model="numpy", inline="always")
-def v_azmul(a, b):
-    """The absolute-zero multiply of :mod:`~tapegrad.compile.kernels.scalar` (``0 * inf = 0``), inlined in
-    Numba's IR so that it vectorises inside big generated functions too."""
-    if a == 0:
-        return a - a
-    return a * b
+# the absolute-zero multiply of kernels/scalar.py (``0 * inf = 0``), the same Python function compiled to be
+# inlined in Numba's IR, so that it vectorises inside big generated functions too
+v_azmul = njit(error_model="numpy", inline="always")(_scalar.s_azmul.py_func)
 
 
 s_tanh = v_tanh

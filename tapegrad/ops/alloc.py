@@ -609,7 +609,7 @@ class Split(Op):
     def perform(self, node, inputs, output_storage):
         x, sizes = np.asarray(inputs[0]), [int(s) for s in np.ravel(inputs[1])]
         n = x.shape[self.axis]
-        if len(sizes) != self.n_splits or any(s < 0 for s in sizes) or sum(sizes) != n:
+        if not self._fits(sizes, n):
             raise ValueError(
                 f"split: splits_size {sizes} must have {self.n_splits} non-negative entries summing to the "
                 f"length {n} of axis {self.axis} of {node.inputs[0]} (shape {x.shape})"
@@ -624,6 +624,10 @@ class Split(Op):
             raise NotImplementedError("split: output shapes depend on the value of splits_size")
         return out
 
+    def _fits(self, sizes, n):
+        """``sizes`` are ``n_splits`` non-negative piece lengths summing to the axis length ``n``."""
+        return len(sizes) == self.n_splits and all(s >= 0 for s in sizes) and sum(sizes) == n
+
     def infer_shape_values(self, node, input_shapes, input_values):
         """Output shapes when the piece lengths are known before the run (the CPU engine's plan knows
         ``stack(shape_i(a), shape_i(b))``, the sizes in a ``join``'s gradient), else None."""
@@ -632,7 +636,7 @@ class Split(Op):
             return None
         sizes = [int(n) for n in np.ravel(sizes)]
         shape = tuple(input_shapes[0])
-        if len(sizes) != self.n_splits or any(n < 0 for n in sizes) or sum(sizes) != shape[self.axis]:
+        if not self._fits(sizes, shape[self.axis]):
             return None  # the run raises perform's error
         return [shape[:self.axis] + (n,) + shape[self.axis + 1:] for n in sizes]
 

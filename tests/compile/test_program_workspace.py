@@ -40,6 +40,14 @@ def _close(got, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12 * max(1, np.abs(b).max()))
 
 
+def _close_as(got, ref, dtype):
+    """Same dtypes and shapes; values to 1e-12 (float64) or 1e-5 (float32), NaN where the reference has NaN."""
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for g, r in zip(got, ref):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol, equal_nan=True)
+
+
 def _program(f):
     (prog,) = [p for p in f._engine._programs.values()]
     assert prog is not False, f._engine.program_error
@@ -158,10 +166,7 @@ def test_tanh_in_a_program_loop_matches_the_python_engine(dtype):
     ref = tg.function([x], [y, tg.grad(tg.sum(y), x)], device="python")(a)
     got = f(a)
     assert "s_tanh" in _program(f).program.source
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for g, r in zip(got, ref):
-        assert g.dtype == r.dtype
-        np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+    _close_as(got, ref, dtype)
     assert np.signbit(got[0][1])
 
 
@@ -272,10 +277,7 @@ def test_softmax_family_runs_in_the_program_with_numpy_semantics(axis, dtype):
     f = tg.function([x], outs, device="cpu", tier="program")
     got, ref = f(a), tg.function([x], outs, device="python")(a)
     _program(f)
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for g, r in zip(got, ref):
-        assert g.dtype == r.dtype
-        np.testing.assert_allclose(g, r, rtol=tol, atol=tol, equal_nan=True)
+    _close_as(got, ref, dtype)
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1, (0, 2)])
@@ -305,10 +307,7 @@ def test_logsumexp_runs_in_the_program_with_numpy_semantics(axis, keepdims, dtyp
     f = tg.function([x], outs, device="cpu", tier="program")
     got, ref = f(a), tg.function([x], outs, device="python")(a)
     _program(f)
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for g, r in zip(got, ref):
-        assert g.dtype == r.dtype and g.shape == r.shape
-        np.testing.assert_allclose(g, r, rtol=tol, atol=tol, equal_nan=True)
+    _close_as(got, ref, dtype)
 
 
 def test_float32_softmax_over_long_slices_sums_in_float64():
