@@ -284,19 +284,16 @@ class _Gen(OpTemplates, LoopTemplates):
             return
         from tapegrad.tape.fuse import _member
 
+        thin = self._thin_dot(k, name, args, outs)
+        if thin is not None:
+            if self.G is not None and not (tuple(self.G["shape"]) == self.shapes[outs[0]]
+                                           and all(self._before(s) for s in args)):
+                self.close()
+            self._join(self._dot_member(k, outs[0], thin))
+            return
         m = _member(tape, k, self.shapes, self.dtypes)
         if m is not None:
-            G = self.G
-            if G is not None and tuple(G["shape"]) == self.shapes[m.out] and all(
-                    self._in_group(s) or self._before(s) for s in m.data_args):
-                G["members"].append(m)
-                G["in_loop"].add(m.out)
-                self.loc[m.out] = _Loc(self.shapes[m.out], buf=None)  # a register while the loop runs
-                return
-            self.close()
-            self.G = dict(shape=self.shapes[m.out], members=[m], in_loop={m.out}, after=set(), epi=[], pre=[],
-                          absorbed=set(), unfilled={})
-            self.loc[m.out] = _Loc(self.shapes[m.out], buf=None)
+            self._join(m)
             return
         if self.G is not None and self._absorb(k, name, args, outs):
             self.G["absorbed"].add(k)
@@ -304,6 +301,19 @@ class _Gen(OpTemplates, LoopTemplates):
         if self.G is not None and not all(self._before(s) for s in args):
             self.close()
         self.instruction(k)  # emitted now: before the open group's loop, which does not feed it
+
+    def _join(self, m):
+        """Member ``m`` joins the open group (same shape, inputs available), or closes it and opens its own."""
+        G = self.G
+        self.loc[m.out] = _Loc(self.shapes[m.out], buf=None)  # a register while the loop runs
+        if G is not None and tuple(G["shape"]) == self.shapes[m.out] and all(
+                self._in_group(s) or self._before(s) for s in m.data_args):
+            G["members"].append(m)
+            G["in_loop"].add(m.out)
+            return
+        self.close()
+        self.G = dict(shape=self.shapes[m.out], members=[m], in_loop={m.out}, after=set(), epi=[], pre=[],
+                      absorbed=set(), unfilled={})
 
     def _literal(self, k, name, args, outs):
         """Value-independent instructions of literal operands become literals."""
@@ -529,6 +539,7 @@ class _Gen(OpTemplates, LoopTemplates):
         for line in G["pre"]:
             self.emit(line)
         op_strides = [self.strides_for(s, shape) for s in ext] + [list(row_major(shape))]
+        op_strides += [st for m in members if m.kind == "dot" for st in m.strides()]
         for e in G["epi"]:
             if e[0] == "sum":
                 op_strides.append(list(e[3]))
@@ -640,7 +651,9 @@ class _Gen(OpTemplates, LoopTemplates):
                 tn[s] = v
         for m in members:
             ops = [_convert(tn[s], self.dtypes[s], ld) for s, ld in zip(m.data_args, m.load_dtypes)]
-            if m.kind == "ew" and m.spec.name == "azmul" and self._azmul_is_product(m.data_args):
+            if m.kind == "dot":
+                src = self._dot_member_source(m, loop)
+            elif m.kind == "ew" and m.spec.name == "azmul" and self._azmul_is_product(m.data_args):
                 # azmul(a, b) = (a == 0 ? 0 : a * b) is a plain product (up to the sign of a zero) when a is a
                 # nonzero literal or b a finite literal; the multiply vectorises where the branch does not
                 src = _result(f"({ops[0]}) * ({ops[1]})", m.out_dtype)

@@ -13,6 +13,8 @@ from tapegrad.compile.kernels.steps import row_major
 PROGRAM_VERSION = 1
 MAX_INSTRUCTIONS = 300  # numba compile time grows faster than the tape (625 instructions: 136 s): bigger tapes stay on tiers 0/1
 WS_MIN = 4096  # intermediates of at least this many elements live in the per-thread workspace
+THIN_K = 16  # a matrix product with at most this many terms per element is a fused-group member (not BLAS)
+THIN_MIN = 1024  # ... when its output has at least this many elements
 _WS_MARK = "__workspace__."  # placeholder of a workspace window until offsets are assigned
 _ACC = {"float32": "float64"}  # accumulate sums of these dtypes in a wider type
 

@@ -6,8 +6,26 @@ from __future__ import annotations
 import numpy as np
 
 from tapegrad.compile.kernels.steps import _dimshuffle_layout, _subtensor_layout, row_major
-from tapegrad.compile.program_ir import (_ACC, Unsupported, _axis_strides, _Loc, _Loop, _lit, _mean_count, _off_add,
-                                         _sum_like_strides)
+from tapegrad.compile.program_ir import (_ACC, THIN_K, THIN_MIN, Unsupported, _axis_strides, _Loc, _Loop, _lit,
+                                         _mean_count, _off_add, _sum_like_strides)
+
+
+class _DotMember:
+    """A product of matrices M x K and K x N with a short contraction (K <= ``THIN_K``, like ``dP @ W2.T`` of a
+    small output layer's gradient) as a member of a fused group over M x N: its value at ``(i, j)`` is the sum
+    of K products read from the operands' buffers, so the product is never stored and read back (BLAS spends
+    most of such a call writing it).  ``a``/``b``: ``(buffer, offset, step per term, loop strides)``."""
+
+    kind = "dot"
+    data_args = ()
+    load_dtypes = ()
+
+    def __init__(self, k, out, out_dtype, a, b, n_terms):
+        self.k, self.out, self.out_dtype = k, out, out_dtype
+        self.a, self.b, self.n_terms = a, b, n_terms
+
+    def strides(self):
+        return [list(self.a[3]), list(self.b[3])]
 
 
 class OpTemplates:
@@ -425,7 +443,67 @@ class OpTemplates:
         finally:
             self.loc.update(saved)
 
-    # ---- dot family (BLAS through np.dot)
+    # ---- dot family (BLAS through np.dot; short contractions as fused-group members)
+    def _thin_dot(self, k, name, args, outs):
+        """For a product for :class:`_DotMember` (matrices of one float dtype as ``dot``/``matmul`` or an einsum of
+        one contracted label, at most ``THIN_K`` terms, an output of at least ``THIN_MIN`` elements and 8 columns
+        for the loop to vectorise over, operands in buffers): ``(left, right)``, each ``(slot, stride along
+        the output axis, stride along the terms)``; else None."""
+        if name not in ("DOT", "MATMUL", "EINSUM") or len(args) != 2 or len(outs) != 1:
+            return None
+        a, b, o = args[0], args[1], outs[0]
+        dt = self.dtypes[o]
+        if (dt not in ("float64", "float32") or self.dtypes[a] != dt or self.dtypes[b] != dt
+                or any(len(self.shapes[s]) != 2 for s in (a, b, o))
+                or any(s not in self.loc or self.loc[s].lit is not None for s in (a, b))):
+            return None
+        sa, sb = self.loc[a].strides, self.loc[b].strides
+        if name != "EINSUM":
+            left, right = (a, sa[0], sa[1]), (b, sb[1], sb[0])
+        else:
+            op = self.tape.ops[k]
+            la, lb, lo = tuple(op.a_labels), tuple(op.b_labels), tuple(op.out_labels)
+            con = [c for c in la if c in lb]
+            if len(la) != 2 or len(lb) != 2 or len(con) != 1 or con[0] in lo or len(set(la + lb)) != 3:
+                return None
+            (fa,), (fb,), c = [x for x in la if x != con[0]], [x for x in lb if x != con[0]], con[0]
+            if lo not in ((fa, fb), (fb, fa)):
+                return None
+            pa = (a, sa[la.index(fa)], sa[la.index(c)])
+            pb = (b, sb[lb.index(fb)], sb[lb.index(c)])
+            left, right = (pa, pb) if lo == (fa, fb) else (pb, pa)
+        m, n = self.shapes[o]
+        kk = self.shapes[a][1] if name != "EINSUM" else self.shapes[a][la.index(c)]
+        if not (1 <= kk <= THIN_K and m >= 2 and n >= 8 and m * n >= THIN_MIN):
+            return None
+        return left, right
+
+    def _dot_member(self, k, o, thin):
+        """The :class:`_DotMember` of instruction ``k`` from :meth:`_thin_dot`'s ``thin`` (operands available
+        before the group's loop).  The right operand is first copied to a K x N C-order scratch when its rows
+        are strided (a transposed weight matrix), so the loop reads it with unit stride."""
+        (a, a_row, a_term), (b, b_col, b_term) = thin
+        la, lb = self.loc[a], self.loc[b]
+        m, n = self.shapes[o]
+        kk = max(la.size // m, 1)
+        b_buf, b_off = lb.buf, lb.off
+        if b_col != 1:
+            z = self.scratch(kk * n, self.dtypes[b])
+            self.emit(f"    for q0 in range({kk}):")
+            self.emit(f"        for q1 in range({n}):")
+            self.emit(f"            {z}[q0 * {n} + q1] = {lb.buf}[{_off_add(lb.off, 'q0 * %d + q1 * %d' % (b_term, b_col))}]")
+            b_buf, b_off, b_term, b_col = z, 0, n, 1
+        return _DotMember(k, o, self.dtypes[o], (la.buf, la.off, a_term, [a_row, 0]),
+                          (b_buf, b_off, b_term, [0, b_col]), kk)
+
+    def _dot_member_source(self, m, loop):
+        """The value of :class:`_DotMember` ``m`` at the position of ``loop``: its K products summed in order."""
+        terms = []
+        for j in range(m.n_terms):
+            (ba, oa, ka, sa), (bb, ob, kb, sb) = m.a, m.b
+            terms.append(f"{ba}[{loop.index(_off_add(oa, j * ka), sa)}] * {bb}[{loop.index(_off_add(ob, j * kb), sb)}]")
+        return f"np.{m.out_dtype}({' + '.join(terms)})"
+
     def _as_array(self, x):
         """Source of a numba array (1-d or 2-d, 'C' or 'F' layout) holding ``x``'s value."""
         loc = self.loc[x]
