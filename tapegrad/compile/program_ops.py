@@ -99,6 +99,9 @@ class OpTemplates:
         self.loc[outs[0]] = self.loc[args[0]]
 
     op_specify_shape = _identity_view
+    # gradient modifiers are the identity in values (the tape rewrites usually drop them already)
+    op_zero_grad = op_disconnected_grad = op_consider_constant = _identity_view
+    op_grad_clip = op_grad_scale = op_undefined_grad = _identity_view
 
     def _fill(self, o, value_src):
         loop = _Loop(self.shapes[o], [row_major(self.shapes[o])])
@@ -507,8 +510,12 @@ class OpTemplates:
     def _as_array(self, x):
         """Source of a numba array (1-d or 2-d, 'C' or 'F' layout) holding ``x``'s value."""
         loc = self.loc[x]
-        if loc.lit is not None:
-            raise Unsupported("dot of a literal")
+        if loc.lit is not None:  # (the cotangent of a summed product is ones): the filled array
+            if self.dtypes[x] not in ("float64", "float32"):
+                raise Unsupported("dot of a non-float literal")
+            z = self.scratch(loc.size, self.dtypes[x])
+            self.emit(f"    {z}[:] = {loc.lit}")
+            loc = _Loc(loc.shape, buf=z)  # (the slot stays a literal for everything else)
         shape = loc.shape
         n = loc.size
         if len(shape) == 1:

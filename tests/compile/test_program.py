@@ -105,6 +105,22 @@ def test_dot_matmul_transposes_and_grads():
          RNG.standard_normal((5, 4)), RNG.standard_normal((5, 3)), RNG.standard_normal(4))
 
 
+def test_dot_of_a_literal_cotangent_runs_in_the_program():
+    A, B = tg.dmatrix("A"), tg.dmatrix("B")
+    c = tg.sum(tg.dot(A, B.T))  # the cotangent of the product is a literal (ones): BLAS gets a filled array
+    f = _run([A, B], [c, *tg.grad(c, [A, B])], RNG.standard_normal((6, 4)), RNG.standard_normal((5, 4)))
+    (prog,) = f._engine._programs.values()
+    assert "[:] = (np.float64(1.0))" in prog.program.source
+
+
+def test_gradient_modifiers_are_identities_in_the_program():
+    x = tg.dvector("x")
+    outs = [tg.zero_grad(x) * 2.0, tg.disconnected_grad(x) + 1.0, tg.grad_clip(x, -0.5, 0.5),
+            tg.grad_scale(x, 3.0)]
+    c = tg.sum(tg.grad_clip(x, -0.5, 0.5) ** 2) + tg.sum(tg.grad_scale(x, 3.0) ** 2) + tg.sum(tg.zero_grad(x) * x)
+    _run([x], [*outs, c, tg.grad(c, x)], RNG.standard_normal(7))
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
