@@ -7,7 +7,7 @@ import numpy as np
 
 from tapegrad.compile.kernels.steps import _dimshuffle_layout, _subtensor_layout, row_major
 from tapegrad.compile.program_ir import (_ACC, THIN_K, THIN_MIN, Unsupported, _axis_strides, _Loc, _Loop, _lit,
-                                         _mean_count, _off_add, _sum_like_strides)
+                                         _mean_count, _off_add, _read_strides, _sum_like_strides)
 
 
 class _DotMember:
@@ -26,6 +26,23 @@ class _DotMember:
 
     def strides(self):
         return [list(self.a[3]), list(self.b[3])]
+
+
+def _nest_index(dims, shape):
+    """Flat C-order index over the loop variables ``i<d>`` of ``dims`` (axes of ``shape``)."""
+    dims = list(dims)
+    st = row_major(tuple(shape[d] for d in dims))
+    return " + ".join([f"i{d} * {s_}" for d, s_ in zip(dims, st)] or ["0"])
+
+
+class _Nest:
+    """A loop nest ``i0, i1, ...`` over every axis of ``shape`` (for :meth:`_Gen.read`)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def index(self, off, strides):
+        return " + ".join([str(off)] + [f"i{d} * {s_}" for d, s_ in enumerate(strides) if s_])
 
 
 class OpTemplates:
@@ -445,6 +462,78 @@ class OpTemplates:
             self.op_join(k, op, args, outs)
         finally:
             self.loc.update(saved)
+
+    # ---- integer-array indexing along one axis (take, and its writes and scatters)
+    def _take_loops(self, op, xshape, idx, shape):
+        """Open loops ``i0, i1, ...`` over the indexed ``shape`` (``xshape[:axis] + idx.shape + xshape[axis+1:]``)
+        and set ``j`` to the index at the current position, normalised (IndexError when out of range); returns
+        ``(indent, flat index into a C-order array of xshape at j, flat position in idx)``."""
+        axis, n = op.axis, xshape[op.axis]
+        r_idx = len(self.shapes[idx])
+        ind = "    "
+        for d, m in enumerate(shape):
+            self.emit(f"{ind}for i{d} in range({m}):")
+            ind += "    "
+        pre, mid, post = range(axis), range(axis, axis + r_idx), range(axis + r_idx, len(shape))
+        li = self._materialize(idx)
+        pos = _nest_index(mid, shape)
+        self.emit(f"{ind}j = np.int64({li.lit if li.lit is not None else f'{li.buf}[{_off_add(li.off, pos)}]'})")
+        self.emit(f"{ind}if j < 0:")
+        self.emit(f"{ind}    j += {n}")
+        self.emit(f"{ind}if j < 0 or j >= {n}:")
+        self.emit(f"{ind}    raise IndexError({f'{op.code}: an index is out of bounds for axis {axis} with length {n}'!r})")
+        q = int(np.prod(xshape[axis + 1:], dtype=np.int64))
+        return ind, f"(({_nest_index(pre, shape)}) * {n} + j) * {q} + {_nest_index(post, shape)}", pos
+
+    def op_advanced_subtensor1(self, k, op, args, outs):
+        """``take(x, idx, axis)``; with ``last_only``, a repeated index keeps only its last position's value."""
+        x, idx, o = args[0], args[1], outs[0]
+        xshape, shape = self.shapes[x], self.shapes[o]
+        lx = self._materialize(x)
+        n = xshape[op.axis]
+        last = None
+        if op.last_only:  # the last position of each index value (out-of-range ones raise in the main loop)
+            li = self._materialize(idx)
+            last = self.tmp("last")
+            self.emit(f"    {last} = np.full({max(n, 1)}, -1, np.int64)")
+            self.emit(f"    for p in range({li.size}):")
+            src = li.lit if li.lit is not None else f"{li.buf}[{_off_add(li.off, 'p')}]"
+            self.emit(f"        j = np.int64({src})")
+            self.emit(f"        j = j + {n} if j < 0 else j")
+            self.emit(f"        if 0 <= j < {n}:")
+            self.emit(f"            {last}[j] = p")
+        buf = self.fresh(o)
+        if not self.loc[o].size:
+            return
+        ind, at, pos = self._take_loops(op, xshape, idx, shape)
+        val = lx.lit if lx.lit is not None else f"{lx.buf}[{_off_add(lx.off, at)}]"
+        if last is not None:
+            val = f"({val} if {last}[j] == {pos} else {_lit(0, self.dtypes[o])})"
+        self.emit(f"{ind}{buf}[{_nest_index(range(len(shape)), shape)}] = {val}")
+
+    op_advanced_subtensor1_last = op_advanced_subtensor1
+
+    def _advanced_write(self, k, op, args, outs):
+        """``x`` (zeros for the scatters) with ``y`` added (inc, scatter: repeats accumulate) or written (set,
+        scatter_set: in index order, so the last repeat wins) at ``take(., idx, axis)``'s positions."""
+        x, y, idx = args
+        o = outs[0]
+        xshape = self.shapes[o]
+        shape = tuple(xshape[:op.axis]) + tuple(self.shapes[idx]) + tuple(xshape[op.axis + 1:])
+        if op.mode.startswith("scatter"):
+            buf = self.fresh(o, zero=True)
+        else:
+            self._broadcast_copy(x, o)
+            buf = self.loc[o].buf
+        if not int(np.prod(shape, dtype=np.int64)):
+            return
+        st = _read_strides(self.loc[y], shape) if self.loc[y].lit is None else [0] * len(shape)
+        ind, at, _ = self._take_loops(op, xshape, idx, shape)
+        val = self.read(y, _Nest(shape), strides=st, as_dt=self.dtypes[o])
+        self.emit(f"{ind}{buf}[{at}] {'+=' if op.mode in ('inc', 'scatter') else '='} {val}")
+
+    op_advanced_inc_subtensor1 = op_advanced_set_subtensor1 = _advanced_write
+    op_advanced_scatter1 = op_advanced_scatter1_set = _advanced_write
 
     # ---- dot family (BLAS through np.dot; short contractions as fused-group members)
     def _thin_dot(self, k, name, args, outs):

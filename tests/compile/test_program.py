@@ -121,6 +121,38 @@ def test_gradient_modifiers_are_identities_in_the_program():
     _run([x], [*outs, c, tg.grad(c, x)], RNG.standard_normal(7))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_integer_array_indexing_and_its_gradients_run_in_the_program(dtype):
+    X, Y = tg.matrix("X", dtype=dtype), tg.matrix("Y", dtype=dtype)
+    idx = tg.lvector("idx")
+    rows = X[idx]  # take along axis 0, repeats and negative indices
+    cols = tg.take(X, idx, axis=1)
+    inc = tg.inc_subtensor(X[idx], Y)  # repeats accumulate
+    put = tg.set_subtensor(X[idx], Y)  # the last repeat wins
+    c = tg.sum(tg.tanh(rows) * Y) + tg.sum(cols ** 2) + tg.sum(put * inc)
+    ins, outs = [X, Y, idx], [rows, cols, inc, put, c, *tg.grad(c, [X, Y])]
+    args = [RNG.standard_normal((5, 5)).astype(dtype), RNG.standard_normal((6, 5)).astype(dtype),
+            np.array([0, 3, -1, 3, 2, 3])]
+    ref = tg.function(ins, outs, device="python")(*args)
+    f = tg.function(ins, outs, device="cpu", tier="program")
+    got = f(*args)
+    assert f._engine._programs and list(f._engine._programs.values())[0] is not False, f._engine.program_error
+    for a, b in zip(got, ref):
+        _close(a, b)
+    np.testing.assert_array_equal(got[3][3], args[1][5])  # index 3 repeats at positions 1, 3, 5: the last wins
+
+
+def test_integer_array_index_out_of_range_raises_index_error_in_the_program():
+    x, idx = tg.dvector("x"), tg.lvector("idx")
+    f = tg.function([x, idx], [x[idx] * 2.0], device="cpu", tier="program")
+    np.testing.assert_array_equal(f(np.arange(4.0), np.array([3, -4]))[0], [6.0, 0.0])
+    assert list(f._engine._programs.values())[0] is not False
+    with pytest.raises(IndexError, match="out of bounds for axis 0 with length 4"):
+        f(np.arange(4.0), np.array([1, 4]))
+    with pytest.raises(IndexError):
+        f(np.arange(4.0), np.array([-5, 0]))
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
