@@ -189,6 +189,56 @@ class OpTemplates:
         self.emit(f"    for i in range({n}):")
         self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(count)!r})")
 
+    def op_prod(self, k, op, args, outs):
+        """``prod`` over axes: a product into a buffer of ones, in the output dtype (int64 wraps as NumPy)."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64"):
+            raise Unsupported(f"prod into {dt}")
+        ws, _ = self._sum_axes(k, op, x, o)
+        xshape = self.loc[x].shape
+        buf = self.fresh(o)
+        self.emit(f"    {buf}[:] = 1")
+        if int(np.prod(xshape, dtype=np.int64)):
+            loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{buf}[{loop.index(0, ws)}] *= {self.read(x, loop, as_dt=dt)}")
+
+    def _cumulative(self, k, op, args, outs, how):
+        """``cumsum``/``cumprod`` along ``op.axis`` (``reverse``: from the end): a loop nest in C order where each
+        element combines the previous one along the axis with its input, so inner axes vectorise."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64"):
+            raise Unsupported(f"cumulative op into {dt}")
+        shape = self.shapes[o]
+        axis = op.axis % len(shape)
+        rev = getattr(op, "reverse", False)
+        buf = self.fresh(o)
+        if not self.loc[o].size:
+            return
+        st = self.strides_for(x, shape)
+        step = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        ind = "    "
+        for d, nd in enumerate(shape):
+            rng = f"{nd - 1}, -1, -1" if rev and d == axis else f"{nd}"
+            self.emit(f"{ind}for i{d} in range({rng}):")
+            ind += "    "
+        at = _nest_index(range(len(shape)), shape)
+        val = self.read(x, _Nest(shape), strides=st, as_dt=dt)
+        edge = f"{shape[axis] - 1}" if rev else "0"
+        prev = f"{buf}[{at} {'+' if rev else '-'} {step}]"
+        self.emit(f"{ind}if i{axis} == {edge}:")
+        self.emit(f"{ind}    {buf}[{at}] = {val}")
+        self.emit(f"{ind}else:")
+        self.emit(f"{ind}    {buf}[{at}] = {prev} {how} {val}")
+
+    def op_cumsum(self, k, op, args, outs):
+        self._cumulative(k, op, args, outs, "+")
+
+    def op_cumprod(self, k, op, args, outs):
+        self._cumulative(k, op, args, outs, "*")
+
     def op_sum(self, k, op, args, outs):
         x, o = args[0], outs[0]
         ws, scale = self._sum_axes(k, op, x, o)
@@ -661,6 +711,9 @@ class OpTemplates:
         """Two-operand contractions over one label that are a (transposed) matrix/vector product."""
         a, b, o = args[0], args[1], outs[0]
         la, lb, lo = tuple(op.a_labels), tuple(op.b_labels), tuple(op.out_labels)
+        if (len(la) == len(lb) == len(lo) == 2 and len(set(la + lb)) == 3 and len(self.shapes[o]) > 2
+                and len(self.shapes[a]) >= 2 and len(self.shapes[b]) >= 2):
+            return self._batched_einsum(a, b, o, la, lb, lo)  # "...ij,...kj->...ik" (a batched matmul's gradient)
         if (len(la) != len(self.shapes[a]) or len(lb) != len(self.shapes[b]) or len(lo) != len(self.shapes[o])
                 or len(set(la)) != len(la) or len(set(lb)) != len(lb)):
             raise Unsupported("einsum with broadcast or repeated labels")
@@ -728,6 +781,60 @@ class OpTemplates:
         self.emit(f"{ind}{buf}[{index(o, lo)}] += np.{dt}({src(a, la)}) * np.{dt}({src(b, lb)})")
 
     def op_matmul(self, k, op, args, outs):
-        if any(len(self.shapes[s]) > 2 for s in args[:2]):
-            raise Unsupported("batched matmul")
-        self.op_dot(k, op, args, outs)
+        if all(len(self.shapes[s]) <= 2 for s in args[:2]):
+            return self.op_dot(k, op, args, outs)
+        a, b, o = args[0], args[1], outs[0]
+        if any(len(self.shapes[s]) < 2 for s in (a, b)):
+            raise Unsupported("batched matmul with a vector operand")
+        ind, (va, vb), vo = self._batch_views(a, b, o)
+        self.emit(f"{ind}np.dot({va}, {vb}, {vo})")
+
+    def _batch_views(self, a, b, o):
+        """Emit a loop over the (broadcast) batch axes of ``o`` (all but its last two); returns ``(indent, [view of
+        a, view of b], view of o)``: the sources of each step's contiguous matrices (operands copied to C order
+        first when they are not)."""
+        oshape = self.shapes[o]
+        batch = oshape[:-2]
+        m, n = oshape[-2:]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32") or any(self.dtypes[s] != dt for s in (a, b)):
+            raise Unsupported("batched product of non-float or mixed dtypes")
+        if any(x == 0 for s in (a, b, o) for x in self.shapes[s]):
+            raise Unsupported("batched product of an empty operand")
+        operands = []
+        for s in (a, b):
+            loc = self._materialize(s)
+            shape = loc.shape
+            lead = len(batch) - (len(shape) - 2)
+            if lead < 0:
+                raise Unsupported("batched product operand with more batch axes than its result")
+            mat = shape[-2] * shape[-1]
+            st = row_major(shape[:-2])
+            steps = [0 if d < lead or shape[d - lead] == 1 else st[d - lead] * mat for d in range(len(batch))]
+            operands.append((loc, steps, shape[-2:]))
+        buf = self.fresh(o)
+        ind = "    "
+        for d, nb in enumerate(batch):
+            self.emit(f"{ind}for i{d} in range({nb}):")
+            ind += "    "
+        views = []
+        for loc, steps, (r, c) in operands:
+            off = " + ".join([str(loc.off)] + [f"i{d} * {st_}" for d, st_ in enumerate(steps) if st_])
+            views.append(f"{loc.buf}[{off}:{off} + {r * c}].reshape(({r}, {c}))")
+        out_off = " + ".join(["0"] + [f"i{d} * {st_ * m * n}" for d, st_ in enumerate(row_major(batch))])
+        return ind, views, f"{buf}[{out_off}:{out_off} + {m * n}].reshape(({m}, {n}))"
+
+    def _batched_einsum(self, a, b, o, la, lb, lo):
+        """``...``-batched einsum of 2-d cores with one contracted label: per batch step, the core as a
+        (transposed) matrix product."""
+        (c,) = [x for x in la if x in lb]
+        (fa,), (fb,) = [x for x in la if x != c], [x for x in lb if x != c]
+        if c in lo or sorted(lo) != sorted((fa, fb)):
+            raise Unsupported("batched einsum of this form")
+        ind, (va, vb), vo = self._batch_views(a, b, o)
+        va = f"{va}.T" if la[0] == c else va  # (fa, c)
+        vb = f"{vb}.T" if lb[1] == c else vb  # (c, fb)
+        if lo == (fa, fb):
+            self.emit(f"{ind}np.dot({va}, {vb}, {vo})")
+        else:  # (A B)^T = B^T A^T
+            self.emit(f"{ind}np.dot(({vb}).T, ({va}).T, {vo})")

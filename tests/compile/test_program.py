@@ -153,6 +153,28 @@ def test_integer_array_index_out_of_range_raises_index_error_in_the_program():
         f(np.arange(4.0), np.array([-5, 0]))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cumulative_ops_and_prod_run_in_the_program(dtype):
+    X = tg.tensor3("X", dtype=dtype)
+    k = tg.lmatrix("k")
+    cs0, cs2, cp = tg.cumsum(X, axis=0), tg.cumsum(X, axis=2), tg.cumprod(X, axis=1)
+    pr, pr_all = tg.prod(X, axis=(0, 2), keepdims=True), tg.prod(X)
+    c = tg.sum(cs0 * cs2) + tg.sum(cp ** 2) + tg.sum(pr) + pr_all
+    x = (1.0 + 0.3 * RNG.standard_normal((3, 4, 5))).astype(dtype)
+    x[1, 2, 3] = 0.0  # cumprod and prod through a zero
+    _run([X, k], [cs0, cs2, cp, pr, pr_all, c, tg.grad(c, X), tg.cumsum(k, axis=1), tg.prod(k, axis=0)],
+         x, RNG.integers(-3, 4, size=(4, 6)))
+
+
+def test_batched_matmul_with_broadcast_batch_and_its_gradients():
+    A, B, C = tg.dtensor3("A"), tg.dtensor3("B"), tg.dmatrix("C")
+    P = tg.matmul(A, B)  # batch 4 against a broadcast batch of 1
+    Q = tg.matmul(P, C)  # a matrix against the batch
+    c = tg.sum(tg.tanh(Q) ** 2)
+    _run([A, B, C], [P, Q, c, *tg.grad(c, [A, B, C])],
+         RNG.standard_normal((4, 3, 5)), RNG.standard_normal((1, 5, 2)), RNG.standard_normal((2, 6)))
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
@@ -180,7 +202,7 @@ def test_matrix_roll_axis_and_dimshuffle():
 
 def test_unsupported_instruction_falls_back_with_the_same_results():
     x = tg.dvector("x")
-    c = tg.sum(tg.cumsum(x) ** 2)
+    c = tg.sum(tg.tile(x, 2) ** 2)
     _run([x], [c, tg.grad(c, x)], RNG.standard_normal(5), expect_program=False)
 
 
