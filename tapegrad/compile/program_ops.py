@@ -720,6 +720,10 @@ class OpTemplates:
         con = [c for c in la if c in lb and c not in lo]
         fa = [c for c in la if c not in lb]
         fb = [c for c in lb if c not in la]
+        if (con and max(len(la), len(lb)) > 2 and not any(c in la and c in lb for c in lo)
+                and lo in (tuple(fa + fb), tuple(fb + fa))):  # a tensordot (its gradients are such einsums)
+            return self._block_product(a, b, o, [la.index(c) for c in con], [lb.index(c) for c in con],
+                                       swap=bool(fa and fb) and lo != tuple(fa + fb))
         if not con and len(la) == len(lb) == 1 and len(lo) == 2 and sorted(lo) == sorted(la + lb) and la != lb:
             if self.dtypes[o] not in ("float64", "float32") or any(self.dtypes[s] != self.dtypes[o] for s in (a, b)):
                 raise Unsupported("outer product of non-float or mixed dtypes")
@@ -779,6 +783,78 @@ class OpTemplates:
             return loc.lit if loc.lit is not None else f"{loc.buf}[{index(s, lab)}]"
 
         self.emit(f"{ind}{buf}[{index(o, lo)}] += np.{dt}({src(a, la)}) * np.{dt}({src(b, lb)})")
+
+    def op_tensordot(self, k, op, args, outs):
+        self._block_product(args[0], args[1], outs[0], op.axes_a, op.axes_b)
+
+    def _block_product(self, a, b, o, axes_a, axes_b, swap=False):
+        """A contraction of ``a``'s ``axes_a`` with ``b``'s ``axes_b`` (paired in order) into ``o`` (``a``'s free axes
+        then ``b``'s; ``swap``: ``b``'s then ``a``'s), when the contracted axes are a leading or trailing block of
+        each operand (``tensordot(a, b, n)`` and its gradients): one BLAS product of 2-d views, no copy."""
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32") or any(self.dtypes[s] != dt for s in (a, b)):
+            raise Unsupported("tensor product of non-float or mixed dtypes")
+        if any(n == 0 for s in (a, b) for n in self.shapes[s]):
+            raise Unsupported("tensor product of an empty operand")
+        pairs = sorted(zip(axes_a, axes_b))
+        if [q for _, q in pairs] != sorted(axes_b):
+            raise Unsupported("tensor product pairing axes out of order")
+        views = []
+        for s, axes, free_first in ((a, axes_a, True), (b, axes_b, False)):
+            shape, nd = self.shapes[s], len(self.shapes[s])
+            con = sorted(axes)
+            c = int(np.prod([shape[i] for i in con], dtype=np.int64))
+            f = int(np.prod(shape, dtype=np.int64)) // c
+            loc = self._materialize(s)
+            if loc.lit is not None:
+                raise Unsupported("tensor product of a literal")
+            flat = f"{loc.buf}[{loc.off}:{_off_add(loc.off, f * c)}]"
+            if con == list(range(nd - len(con), nd)):  # (free, con) in memory
+                v = f"{flat}.reshape(({f}, {c}))" if free_first else f"{flat}.reshape(({f}, {c})).T"
+            elif con == list(range(len(con))):  # (con, free) in memory
+                v = f"{flat}.reshape(({c}, {f})).T" if free_first else f"{flat}.reshape(({c}, {f}))"
+            else:
+                raise Unsupported("tensor product over axes in the middle of an operand")
+            views.append((v, f))
+        buf = self.fresh(o)
+        (va, fa), (vb, fb) = views
+        if swap:  # (A B)^T = B^T A^T
+            self.emit(f"    np.dot(({vb}).T, ({va}).T, {buf}.reshape(({fb}, {fa})))")
+        else:
+            self.emit(f"    np.dot({va}, {vb}, {buf}.reshape(({fa}, {fb})))")
+
+    def op_outer(self, k, op, args, outs):
+        """``outer(a, b)`` of the flattened operands: a loop over the result."""
+        a, b, o = args[0], args[1], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64"):
+            raise Unsupported(f"outer into {dt}")
+        m, n = self.shapes[o]
+        srcs = []
+        for s, var in ((a, "i0"), (b, "i1")):
+            loc = self._materialize(s)
+            srcs.append(loc.lit if loc.lit is not None else f"{loc.buf}[{_off_add(loc.off, var)}]")
+        buf = self.fresh(o)
+        self.emit(f"    for i0 in range({m}):")
+        self.emit(f"        for i1 in range({n}):")
+        self.emit(f"            {buf}[i0 * {n} + i1] = np.{dt}({srcs[0]}) * np.{dt}({srcs[1]})")
+
+    def op_outer_t(self, k, op, args, outs):
+        """The transposes of ``outer``: ``g @ other.ravel()`` (side 0) or ``other.ravel() @ g`` (side 1)."""
+        g, other, o = args[0], args[1], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32") or any(self.dtypes[s] != dt for s in (g, other)):
+            raise Unsupported("outer_t of non-float or mixed dtypes")
+        if any(n == 0 for s in (g, other) for n in self.shapes[s]):
+            raise Unsupported("outer_t of an empty operand")
+        lo = self._materialize(other)
+        if lo.lit is not None:
+            raise Unsupported("outer_t of a literal")
+        vec = f"{lo.buf}[{lo.off}:{_off_add(lo.off, lo.size)}]"
+        mat = self._as_array(g)
+        buf = self.fresh(o)
+        first, second = (mat, vec) if op.side == 0 else (vec, mat)
+        self.emit(f"    np.dot({first}, {second}, {buf})")
 
     def op_matmul(self, k, op, args, outs):
         if all(len(self.shapes[s]) <= 2 for s in args[:2]):

@@ -175,6 +175,24 @@ def test_batched_matmul_with_broadcast_batch_and_its_gradients():
          RNG.standard_normal((4, 3, 5)), RNG.standard_normal((1, 5, 2)), RNG.standard_normal((2, 6)))
 
 
+def test_tensordot_outer_and_their_gradients_run_in_the_program():
+    A, B, C = tg.dtensor3("A"), tg.dtensor3("B"), tg.dmatrix("C")
+    x, y = tg.dmatrix("x"), tg.dvector("y")
+    T1 = tg.tensordot(A, B, axes=2)  # (3, 4, 5) . (4, 5, 6) -> (3, 6): 2-d views, one BLAS product
+    T2 = tg.tensordot(A, C, axes=([0], [0]))  # leading blocks: (4, 5, 2)
+    O = tg.outer(x, y)  # of the flattened operands: (6, 4)
+    c = tg.sum(tg.tanh(T1) ** 2) + tg.sum(T2 ** 3) + tg.sum(O ** 2)
+    _run([A, B, C, x, y], [T1, T2, O, c, *tg.grad(c, [A, B, C, x, y])], RNG.standard_normal((3, 4, 5)),
+         RNG.standard_normal((4, 5, 6)), RNG.standard_normal((3, 2)), RNG.standard_normal((2, 3)),
+         RNG.standard_normal(4))
+
+
+def test_tensordot_over_a_middle_axis_falls_back():
+    A, B = tg.dtensor3("A"), tg.dmatrix("B")
+    _run([A, B], [tg.tensordot(A, B, axes=([1], [0]))], RNG.standard_normal((2, 3, 4)),
+         RNG.standard_normal((3, 5)), expect_program=False)
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
