@@ -15,12 +15,13 @@ from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_M
                                          _read_strides, _sum_like_strides, place_workspace)
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
+from tapegrad.compile.program_products import ProductTemplates
 from tapegrad.ops.elemwise import _IMPLS
 from tapegrad.registry import name_of
 
 _COPIES = ("SUM_LIKE", "BROADCAST_LIKE", "CAST", "SPECIFY_SHAPE", "IDENTITY")  # same shape and dtype: a no-op
 
-class _Gen(OpTemplates, LoopTemplates):
+class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
     """Source generator for one tape at one shape signature."""
 
     def __init__(self, tape, shapes, dtypes, values, const_instrs, node):

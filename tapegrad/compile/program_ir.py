@@ -155,6 +155,23 @@ class _Loop:
         return self.index(0, row_major(self.shape))
 
 
+def _nest_index(dims, shape, var="i"):
+    """Flat C-order index over the loop variables ``<var><d>`` of ``dims`` (axes of ``shape``)."""
+    dims = list(dims)
+    st = row_major(tuple(shape[d] for d in dims))
+    return " + ".join([f"{var}{d} * {s_}" for d, s_ in zip(dims, st)] or ["0"])
+
+
+class _Nest:
+    """A loop nest ``i0, i1, ...`` over every axis of ``shape`` (for :meth:`_Gen.read`)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def index(self, off, strides):
+        return " + ".join([str(off)] + [f"i{d} * {s_}" for d, s_ in enumerate(strides) if s_])
+
+
 def _mean_count(shape, axes, ddof):
     """The divisor of a mean over ``axes`` of ``shape`` (``ddof`` subtracted), or None when it is not positive."""
     cnt = int(np.prod([shape[a] for a in axes], dtype=np.int64)) - int(ddof)

@@ -193,6 +193,16 @@ def test_tensordot_over_a_middle_axis_falls_back():
          RNG.standard_normal((3, 5)), expect_program=False)
 
 
+def test_tile_its_sum_and_logical_reductions_run_in_the_program():
+    X = tg.dmatrix("X")
+    T = tg.tile(X, (2, 3))
+    c = tg.sum(tg.tanh(T) * T[::-1])
+    outs = [T, c, tg.grad(c, X), tg.all(X > 0, axis=1), tg.any(X > 1.0), tg.all(X, axis=0, keepdims=True)]
+    x = RNG.standard_normal((3, 4))
+    x[1, 2] = 0.0
+    _run([X], outs, x)
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
@@ -220,8 +230,8 @@ def test_matrix_roll_axis_and_dimshuffle():
 
 def test_unsupported_instruction_falls_back_with_the_same_results():
     x = tg.dvector("x")
-    c = tg.sum(tg.tile(x, 2) ** 2)
-    _run([x], [c, tg.grad(c, x)], RNG.standard_normal(5), expect_program=False)
+    c = tg.sum(x ** 2)
+    _run([x], [c, tg.grad(c, x), tg.argmax(x * 2.0)], RNG.standard_normal(5), expect_program=False)
 
 
 def test_zero_size_and_zero_d_inputs():
