@@ -1,13 +1,13 @@
 """Program-tier templates of products: ``dot``/``matmul``/``einsum``/``tensordot``/``outer`` through BLAS
-(``np.dot`` into buffers), batched products as loops of BLAS calls, and short contractions as fused-group
-members (a mixin of :class:`tapegrad.compile.program_gen._Gen`)."""
+(``np.dot`` into buffers), batched products as loops of BLAS calls, short contractions as fused-group
+members, and the linear algebra of one matrix through numba's ``np.linalg`` (a mixin of :class:`tapegrad.compile.program_gen._Gen`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from tapegrad.compile.kernels.steps import row_major
-from tapegrad.compile.program_ir import THIN_K, THIN_MIN, Unsupported, _Loc, _off_add
+from tapegrad.compile.program_ir import THIN_K, THIN_MIN, Unsupported, _lit, _Loc, _Nest, _nest_index, _off_add
 
 
 class _DotMember:
@@ -360,3 +360,69 @@ class ProductTemplates:
             self.emit(f"{ind}np.dot({va}, {vb}, {vo})")
         else:  # (A B)^T = B^T A^T
             self.emit(f"{ind}np.dot(({vb}).T, ({va}).T, {vo})")
+
+    # ---- linear algebra of one matrix (LAPACK through numba's np.linalg; batched stacks have no template)
+    def _matrix(self, a, what):
+        """Source of the 2-d float matrix ``a`` for a LAPACK call (Unsupported for stacks and other dtypes)."""
+        if len(self.shapes[a]) != 2 or self.dtypes[a] not in ("float64", "float32"):
+            raise Unsupported(f"{what} of a stack of matrices or of {self.dtypes[a]}")
+        if any(n == 0 for n in self.shapes[a]):
+            raise Unsupported(f"{what} of an empty matrix")
+        return self._as_array(a)
+
+    def _store(self, o, src):
+        """Copy the array ``src`` (any layout) into a fresh buffer of slot ``o``."""
+        buf = self.fresh(o)
+        shape = self.shapes[o]
+        self.emit(f"    {buf}.reshape({shape!r})[...] = {src}" if shape else f"    {buf}[0] = {src}")
+
+    def op_inv(self, k, op, args, outs):
+        self._store(outs[0], f"np.linalg.inv({self._matrix(args[0], 'inv')})")
+
+    def op_det(self, k, op, args, outs):
+        self._store(outs[0], f"np.linalg.det({self._matrix(args[0], 'det')})")
+
+    def op_slogdet(self, k, op, args, outs):
+        a = self._matrix(args[0], "slogdet")
+        sign, logdet = self.tmp("sg"), self.tmp("ld")
+        self.emit(f"    {sign}, {logdet} = np.linalg.slogdet({a})")
+        self._store(outs[0], sign)
+        self._store(outs[1], logdet)
+
+    def op_solve(self, k, op, args, outs):
+        a = self._matrix(args[0], "solve")
+        b = args[1]
+        if len(self.shapes[b]) != (1 if op.vector else 2) or self.dtypes[b] != self.dtypes[args[0]]:
+            raise Unsupported("solve with batched or mixed-dtype operands")
+        if op.assume_a == "pos":  # raises LinAlgError unless positive definite, as the reference engine
+            self.emit(f"    np.linalg.cholesky({a})")
+        self._store(outs[0], f"np.linalg.solve({a}, {self._as_array(b)})")
+
+    def op_cholesky(self, k, op, args, outs):
+        """The lower factor of the symmetric matrix read from ``a``'s lower triangle."""
+        a = args[0]
+        self._matrix(a, "cholesky")
+        n = self.shapes[a][0]
+        la = self._materialize(a)
+        s = self.scratch(n * n, self.dtypes[a])
+        self.emit(f"    for i0 in range({n}):")
+        self.emit(f"        for i1 in range({n}):")
+        lo, hi = (f"{la.buf}[{_off_add(la.off, f'{r} * {n} + {c}')}]" for r, c in (("i0", "i1"), ("i1", "i0")))
+        self.emit(f"            {s}[i0 * {n} + i1] = {lo} if i1 <= i0 else {hi}")
+        self._store(outs[0], f"np.linalg.cholesky({s}[0:{n * n}].reshape(({n}, {n})))")
+
+    def op_tri(self, k, op, args, outs):
+        """``tril``/``triu`` over the last two axes: a masked copy."""
+        x, o = args[0], outs[0]
+        shape = self.shapes[o]
+        buf = self.fresh(o)
+        if not self.loc[o].size:
+            return
+        ind = "    "
+        for d, m in enumerate(shape):
+            self.emit(f"{ind}for i{d} in range({m}):")
+            ind += "    "
+        r, c = len(shape) - 2, len(shape) - 1
+        keep = f"i{c} - i{r} <= {op.k}" if op.lower else f"i{c} - i{r} >= {op.k}"
+        val = self.read(x, _Nest(shape), strides=self.strides_for(x, shape))
+        self.emit(f"{ind}{buf}[{_nest_index(range(len(shape)), shape)}] = {val} if {keep} else {_lit(0, self.dtypes[o])}")

@@ -203,6 +203,40 @@ def test_tile_its_sum_and_logical_reductions_run_in_the_program():
     _run([X], outs, x)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_linear_algebra_of_one_matrix_and_its_gradients_run_in_the_program(dtype):
+    A, B, y = tg.matrix("A", dtype=dtype), tg.matrix("B", dtype=dtype), tg.vector("y", dtype=dtype)
+    S = tg.dot(A, A.T) + 4.0 * tg.eye(4, dtype=dtype)  # a Gaussian-process-like likelihood
+    L = tg.linalg.cholesky(S)
+    alpha = tg.linalg.solve(S, y)
+    sign, logdet = tg.linalg.slogdet(S)
+    nll = 0.5 * tg.dot(y, alpha) + 0.5 * logdet + tg.sum(tg.linalg.tril(L, -1) ** 2)
+    extra = tg.sum(tg.linalg.inv(S) * B) + tg.linalg.det(B) + tg.sum(tg.linalg.triu(B, 1))
+    outs = [L, alpha, sign, logdet, nll, extra, *tg.grad(nll + extra, [A, B, y])]
+    args = [RNG.standard_normal((4, 4)).astype(dtype), RNG.standard_normal((4, 4)).astype(dtype),
+            RNG.standard_normal(4).astype(dtype)]
+    ref = tg.function([A, B, y], outs, device="python")(*args)
+    f = tg.function([A, B, y], outs, device="cpu", tier="program")
+    got = f(*args)
+    assert list(f._engine._programs.values())[0] is not False, f._engine.program_error
+    for a, b in zip(got, ref):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max())))
+
+
+def test_singular_and_indefinite_matrices_raise_linalg_error_in_the_program():
+    A, b = tg.dmatrix("A"), tg.dvector("b")
+    f = tg.function([A, b], [tg.linalg.solve(A, b), tg.linalg.cholesky(A)], device="cpu", tier="program")
+    f(np.eye(3) * 2.0, np.ones(3))
+    assert list(f._engine._programs.values())[0] is not False
+    with pytest.raises(np.linalg.LinAlgError):
+        f(np.ones((3, 3)), np.ones(3))  # singular
+    with pytest.raises(np.linalg.LinAlgError):
+        f(-np.eye(3), np.ones(3))  # solvable, not positive definite
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
