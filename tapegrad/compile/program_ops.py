@@ -86,6 +86,61 @@ class OpTemplates:
     op_zero_grad = op_disconnected_grad = op_consider_constant = _identity_view
     op_grad_clip = op_grad_scale = op_undefined_grad = _identity_view
 
+    def _diag_layout(self, shape, strides, off, op):
+        """``(offset, shape, strides)`` of the diagonal over ``(op.axis1, op.axis2)`` with ``op.offset`` of an array
+        laid out as ``shape``/``strides`` from ``off``: the other axes, then the diagonal."""
+        a1, a2, k = op.axis1, op.axis2, op.offset
+        n = max(0, min(shape[a1], shape[a2] - k) if k >= 0 else min(shape[a1] + k, shape[a2]))
+        start = k * strides[a2] if k >= 0 else -k * strides[a1]
+        rest = [d for d in range(len(shape)) if d not in (a1, a2)]
+        return (_off_add(off, start if n else 0), tuple(shape[d] for d in rest) + (n,),
+                tuple(strides[d] for d in rest) + (strides[a1] + strides[a2],))
+
+    def op_diagonal(self, k, op, args, outs):
+        """``diagonal`` is a view (buffers are never written after they are made)."""
+        x, o = args[0], outs[0]
+        lx = self.loc[x]
+        if lx.lit is not None:
+            self.loc[o] = _Loc(self.shapes[o], lit=lx.lit)
+            return
+        off, shape, st = self._diag_layout(lx.shape, lx.strides, lx.off, op)
+        self.loc[o] = _Loc(shape, buf=lx.buf, off=off, strides=st)
+
+    def op_trace(self, k, op, args, outs):
+        """The sum of the diagonal view, in the output dtype."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32", "int64") or self.loc[x].lit is not None:
+            raise Unsupported(f"trace into {dt} or of a literal")
+        lx = self.loc[x]
+        off, shape, st = self._diag_layout(lx.shape, lx.strides, lx.off, op)
+        buf = self.fresh(o, zero=True)
+        if not int(np.prod(shape, dtype=np.int64)):
+            return
+        loop = _Nest(shape)
+        ind = "    "
+        for d, m in enumerate(shape):
+            self.emit(f"{ind}for i{d} in range({m}):")
+            ind += "    "
+        src = f"{lx.buf}[{loop.index(off, st)}]"
+        self.emit(f"{ind}{buf}[{_nest_index(range(len(shape) - 1), shape)}] += np.{dt}({src})")
+
+    def op_diag_embed(self, k, op, args, outs):
+        """Zeros with ``g`` written on the diagonal (for ``trace``'s transpose, ``g`` along all of it)."""
+        g, o = args[0], outs[0]
+        oshape = self.shapes[o]
+        buf = self.fresh(o, zero=True)
+        off, shape, st = self._diag_layout(oshape, row_major(oshape), 0, op)
+        if not int(np.prod(shape, dtype=np.int64)):
+            return
+        gst = self.strides_for(g, shape[:-1]) + [0] if op.trace else self.strides_for(g, shape)
+        ind = "    "
+        for d, m in enumerate(shape):
+            self.emit(f"{ind}for i{d} in range({m}):")
+            ind += "    "
+        loop = _Nest(shape)
+        self.emit(f"{ind}{buf}[{loop.index(off, st)}] = {self.read(g, loop, strides=gst, as_dt=self.dtypes[o])}")
+
     def _fill(self, o, value_src):
         loop = _Loop(self.shapes[o], [row_major(self.shapes[o])])
         buf = self.fresh(o)
@@ -384,30 +439,54 @@ class OpTemplates:
         self.emit(f"    for i in range({n}):")
         self.emit(f"        {buf}[i] = np.{dt}(np.log(np.{dt}({tot}[i]))) + {m}[i]")
 
+    def _first_extremum(self, x, axes, which, what, at=None):
+        """One pass keeping, per reduction group of ``x`` over ``axes``, the first max (min) in C order, a NaN
+        counting as the extremum; returns ``(at, n groups)`` with ``at`` (an int64 buffer, or a scratch) holding
+        each group's position: the flat index into ``x`` for ``at=None``, else the index into the reduced axes
+        flattened in C order (argmax)."""
+        n, ws, loop = self._per_group(x, axes, what, ("float64", "float32", "int64"))
+        shape = self.shapes[x]
+        rs = _axis_strides(len(shape), [d for d in range(len(shape)) if d not in axes],
+                           row_major(tuple(shape[d] for d in sorted(axes))), False)
+        pos = loop.out_index() if at is None else loop.index(0, rs)
+        if at is None:
+            at = self.scratch(n, "int64")
+        best = self.scratch(n, self.dtypes[x])
+        self.emit(f"    {at}[:] = -1")
+        r, v = loop.index(0, ws), self.tmp("v")
+        cmp = ">" if which == "max" else "<"
+        ind = loop.open(self.emit, "    ")
+        self.emit(f"{ind}{v} = {self.read(x, loop)}")
+        self.emit(f"{ind}if {at}[{r}] < 0 or {v} {cmp} {best}[{r}] or ({v} != {v} and {best}[{r}] == {best}[{r}]):")
+        self.emit(f"{ind}    {best}[{r}] = {v}")
+        self.emit(f"{ind}    {at}[{r}] = {pos}")
+        return at, n
+
     def op_extremum_mask(self, k, op, args, outs):
         """True at the first max (min) of each group in C order, a NaN counting as the extremum (the
         gradient of ``max``/``min``): one pass keeps each group's best value and flat index, a second marks."""
         from tapegrad.ops.reduce import _axes
 
         x, o = args[0], outs[0]
-        dt = self.dtypes[x]
         if self.dtypes[o] != "bool" or self.shapes[x] == ():
             raise Unsupported(f"extremum_mask of {self.shapes[x]} into {self.dtypes[o]}")
         axes = _axes(op.axis, self.node(k).inputs[0], "extremum_mask")
-        n, ws, loop = self._per_group(x, axes, "extremum_mask", ("float64", "float32", "int64"))
         buf = self.fresh(o)
-        best, at = self.scratch(n, dt), self.scratch(n, "int64")
-        self.emit(f"    {at}[:] = -1")
-        r, v = loop.index(0, ws), self.tmp("v")
-        cmp = ">" if op.which == "max" else "<"
-        ind = loop.open(self.emit, "    ")
-        self.emit(f"{ind}{v} = {self.read(x, loop)}")
-        self.emit(f"{ind}if {at}[{r}] < 0 or {v} {cmp} {best}[{r}] or ({v} != {v} and {best}[{r}] == {best}[{r}]):")
-        self.emit(f"{ind}    {best}[{r}] = {v}")
-        self.emit(f"{ind}    {at}[{r}] = {loop.out_index()}")
+        at, n = self._first_extremum(x, axes, op.which, "extremum_mask")
         self.emit(f"    {buf}[:] = False")
         self.emit(f"    for i in range({n}):")
         self.emit(f"        {buf}[{at}[i]] = True")
+
+    def op_argmax(self, k, op, args, outs):
+        """The index of the first max (min) into the reduced axes flattened in C order (a NaN counts as the
+        extremum, as NumPy's argmax)."""
+        x, o = args[0], outs[0]
+        if self.shapes[x] == () or self.dtypes[o] != "int64":
+            raise Unsupported(f"{op.opname} of a 0-d array")
+        axes = tuple(sorted(op._norm(self.node(k).inputs[0])))
+        self._first_extremum(x, set(axes), op.which, op.opname, at=self.fresh(o))
+
+    op_argmin = op_argmax
 
     def op_sum_like(self, k, op, args, outs):
         g, o = args[0], outs[0]

@@ -237,6 +237,26 @@ def test_singular_and_indefinite_matrices_raise_linalg_error_in_the_program():
         f(-np.eye(3), np.ones(3))  # solvable, not positive definite
 
 
+def test_argmax_argmin_with_ties_nan_and_several_axes_run_in_the_program():
+    X, K = tg.dtensor3("X"), tg.lmatrix("K")
+    outs = [tg.argmax(X), tg.argmax(X, axis=1), tg.argmin(X, axis=(0, 2)), tg.argmax(X, axis=(1, 2), keepdims=True),
+            tg.argmin(K, axis=0), tg.sum(X ** 2)]
+    x = np.round(RNG.standard_normal((3, 4, 5)), 1)  # ties
+    x[1, 2, 3] = np.nan
+    x[2, :, :] = 7.0
+    f = _run([X, K], outs, x, RNG.integers(0, 3, size=(4, 6)))
+    assert int(f(x, np.zeros((4, 6), np.int64))[0]) == int(np.argmax(x))  # the NaN's flat index
+
+
+def test_diagonal_trace_and_their_gradients_run_in_the_program():
+    X = tg.dtensor3("X")
+    d1 = tg.diagonal(X, offset=1, axis1=1, axis2=2)  # a view: (3, 3)
+    d2 = tg.diagonal(X, offset=-1, axis1=0, axis2=2)
+    t = tg.trace(X, offset=0, axis1=0, axis2=1)
+    c = tg.sum(tg.tanh(d1) ** 2) + tg.sum(d2 * 3.0) + tg.sum(t ** 2) + tg.trace(X[0])
+    _run([X], [d1, d2, t, c, tg.grad(c, X)], RNG.standard_normal((3, 4, 5)))
+
+
 def test_float32_and_integer_inputs():
     x = tg.fvector("x")
     k = tg.lvector("k")
