@@ -42,7 +42,11 @@ re-entrant: one call at a time per engine (arenas belong to the plan).
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
+
+from tapegrad.compile import gc_paused
 
 from tapegrad.compile import numba_ready
 from tapegrad.compile.kernels.core import (
@@ -141,28 +145,41 @@ class Plan:
         for s in range(n_slots):
             if not pinned[s] and not is_view[s] and not internal[s] and last_use[s] >= 0:
                 dies_at.setdefault(int(last_use[s]), []).append(s)
-        # ---- allocation: one arena per dtype, best-fit reuse of freed blocks
+        # ---- allocation: one arena per dtype, best-fit reuse of freed blocks (the smallest free block that
+        #      fits and is at most twice the need; among blocks of that size the last freed, still in cache).
+        #      Free blocks are kept per size with the sizes sorted, so a tape of thousands of slots plans in
+        #      linear time (a scan of one free list cost 0.6 s on the 6205-instruction Lorenz-96 tape).
         offsets = np.zeros(n_slots, np.int64)
         tops = {}
-        free = {}
+        free = {}  # dtype -> {block size: [offsets]}
+        free_sizes = {}  # dtype -> sorted sizes with free blocks
         placed = is_view | internal  # internal fused slots get no block (offset 0, never read or written)
 
         def alloc(s):
             dt = dtypes[s]
             n = max(sizes[s], 1)
             n = -(-n // _ALIGN) * _ALIGN
-            fl = free.setdefault(dt, [])
-            best = None
-            for i, (m, off) in enumerate(fl):
-                if m >= n and (best is None or m < fl[best][0]):
-                    best = i
-            if best is not None and fl[best][0] <= 2 * n:
-                m, off = fl.pop(best)
-                offsets[s] = off
-                return m
+            ks = free_sizes.get(dt)
+            if ks:
+                i = bisect.bisect_left(ks, n)
+                if i < len(ks) and ks[i] <= 2 * n:
+                    m = ks[i]
+                    offs = free[dt][m]
+                    offsets[s] = offs.pop()
+                    if not offs:
+                        del free[dt][m]
+                        ks.pop(i)
+                    return m
             offsets[s] = tops.get(dt, 0)
             tops[dt] = offsets[s] + n
             return n
+
+        def release(dt, m, off):
+            offs = free.setdefault(dt, {}).get(m)
+            if offs is None:
+                free[dt][m] = offs = []
+                bisect.insort(free_sizes.setdefault(dt, []), m)
+            offs.append(off)
 
         blocks = {}
         for s in np.concatenate([tape.input_slots, tape.const_slots, tape.shared_slots, const_out]).astype(np.int64):
@@ -177,8 +194,8 @@ class Plan:
             dead = list(dies_at.get(p, ()))
             dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s] and not is_view[s]
                      and not internal[s]]
-            for s in set(int(s) for s in dead):
-                free.setdefault(dtypes[s], []).append((blocks[s], int(offsets[s])))
+            for s in sorted(set(int(s) for s in dead)):
+                release(dtypes[s], blocks[s], int(offsets[s]))
         for s in range(n_slots):  # slots nobody writes (unused temps)
             if not placed[s]:
                 blocks[s] = alloc(s)
@@ -534,7 +551,8 @@ class CPUEngine:
             plan = self._plans.get(full_key)
             if plan is None:
                 try:
-                    shapes = self._infer_shapes(inputs, shared, known)
+                    with gc_paused():  # (the collections a big tape's planning triggers walk the user's graph)
+                        shapes = self._infer_shapes(inputs, shared, known)
                 except _Dynamic as d:
                     self._dynamic.add(d.k)
                     continue
@@ -542,7 +560,8 @@ class CPUEngine:
                 sched = None
                 if self.tier == "fused":
                     sched = self._fusion(shapes, const_instrs, background=False)
-                plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs, sched)
+                with gc_paused():
+                    plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs, sched)
             elif self.tier == "auto" and (self._dynamic or self._programs.get(full_key, True) is False):
                 plan = self._auto(full_key, plan)
             plan.uses += 1
