@@ -82,8 +82,8 @@ def test_njit_errors_name_the_reason():
     f = tg.function([x], tg.sum(w * x))
     with pytest.raises(NotImplementedError, match="shared variables"):
         f.as_njit(np.ones(2))
-    g = tg.function([x], tg.argmax(x))
-    with pytest.raises(NotImplementedError, match="ARGMAX"):
+    g = tg.function([x], tg.linalg.norm(x))
+    with pytest.raises(NotImplementedError, match="NORM"):
         g.as_njit(np.ones(3))
     h = tg.function([x], x * 2, device="python")
     with pytest.raises(ValueError, match="device='cpu'"):

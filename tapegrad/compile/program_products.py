@@ -398,18 +398,24 @@ class ProductTemplates:
             self.emit(f"    np.linalg.cholesky({a})")
         self._store(outs[0], f"np.linalg.solve({a}, {self._as_array(b)})")
 
-    def op_cholesky(self, k, op, args, outs):
-        """The lower factor of the symmetric matrix read from ``a``'s lower triangle."""
-        a = args[0]
-        self._matrix(a, "cholesky")
+    # (no eigh: eigenvectors are defined up to sign, and numba's LAPACK call picked other signs than NumPy's for
+    # float32 spec rows, so the program would not compute what the reference engine computes)
+    def _symmetric(self, a, what, lower=True):
+        """A scratch holding the symmetric matrix read from one triangle of ``a`` (as the reference engine's
+        ``_np_sym``); returns its 2-d source."""
+        self._matrix(a, what)
         n = self.shapes[a][0]
         la = self._materialize(a)
         s = self.scratch(n * n, self.dtypes[a])
         self.emit(f"    for i0 in range({n}):")
         self.emit(f"        for i1 in range({n}):")
-        lo, hi = (f"{la.buf}[{_off_add(la.off, f'{r} * {n} + {c}')}]" for r, c in (("i0", "i1"), ("i1", "i0")))
-        self.emit(f"            {s}[i0 * {n} + i1] = {lo} if i1 <= i0 else {hi}")
-        self._store(outs[0], f"np.linalg.cholesky({s}[0:{n * n}].reshape(({n}, {n})))")
+        own, mirror = (f"{la.buf}[{_off_add(la.off, f'{r} * {n} + {c}')}]" for r, c in (("i0", "i1"), ("i1", "i0")))
+        self.emit(f"            {s}[i0 * {n} + i1] = {own} if {'i1 <= i0' if lower else 'i1 >= i0'} else {mirror}")
+        return f"{s}[0:{n * n}].reshape(({n}, {n}))"
+
+    def op_cholesky(self, k, op, args, outs):
+        """The lower factor of the symmetric matrix read from ``a``'s lower triangle."""
+        self._store(outs[0], f"np.linalg.cholesky({self._symmetric(args[0], 'cholesky')})")
 
     def op_tri(self, k, op, args, outs):
         """``tril``/``triu`` over the last two axes: a masked copy."""

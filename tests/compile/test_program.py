@@ -284,8 +284,8 @@ def test_matrix_roll_axis_and_dimshuffle():
 
 def test_unsupported_instruction_falls_back_with_the_same_results():
     x = tg.dvector("x")
-    c = tg.sum(x ** 2)
-    _run([x], [c, tg.grad(c, x), tg.argmax(x * 2.0)], RNG.standard_normal(5), expect_program=False)
+    c = tg.linalg.norm(x) ** 2
+    _run([x], [c, tg.grad(c, x)], RNG.standard_normal(5), expect_program=False)
 
 
 def test_zero_size_and_zero_d_inputs():
