@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from tapegrad.compile.kernels.steps import row_major
-from tapegrad.compile.program_ir import THIN_K, THIN_MIN, Unsupported, _lit, _Loc, _Nest, _nest_index, _off_add
+from tapegrad.compile.program_ir import (THIN_K, THIN_MIN, Unsupported, _axis_strides, _lit, _Loc, _Loop, _Nest,
+                                         _nest_index, _off_add)
 
 
 class _DotMember:
@@ -416,6 +417,24 @@ class ProductTemplates:
     def op_cholesky(self, k, op, args, outs):
         """The lower factor of the symmetric matrix read from ``a``'s lower triangle."""
         self._store(outs[0], f"np.linalg.cholesky({self._symmetric(args[0], 'cholesky')})")
+
+    def op_norm(self, k, op, args, outs):
+        """The 2-norm over ``op.axis``: squares summed per output position, then square roots."""
+        x, o = args[0], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32") or self.dtypes[x] != dt or self.loc[x].lit is not None:
+            raise Unsupported(f"norm of {self.dtypes[x]} or of a literal")
+        xshape = self.shapes[x]
+        ws = _axis_strides(len(xshape), set(op.axis), row_major(self.shapes[o]), op.keepdims)
+        buf = self.fresh(o, zero=True)
+        if int(np.prod(xshape, dtype=np.int64)):
+            loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
+            v = self.tmp("v")
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{v} = {self.read(x, loop)}")
+            self.emit(f"{ind}{buf}[{loop.index(0, ws)}] += {v} * {v}")
+        self.emit(f"    for i in range({max(self.loc[o].size, 1)}):")
+        self.emit(f"        {buf}[i] = np.sqrt({buf}[i])")
 
     def op_tri(self, k, op, args, outs):
         """``tril``/``triu`` over the last two axes: a masked copy."""
