@@ -93,15 +93,23 @@ class ProductTemplates:
             terms.append(f"{ba}[{loop.index(_off_add(oa, j * ka), sa)}] * {bb}[{loop.index(_off_add(ob, j * kb), sb)}]")
         return f"np.{m.out_dtype}({' + '.join(terms)})"
 
+    def _buffer(self, x):
+        """``x``'s loc in a C-order buffer: copied when strided, filled when a literal (the ones cotangent of a
+        summed product), which stays a literal for everything else."""
+        loc = self.loc[x]
+        if loc.lit is None:
+            return self._materialize(x)
+        if self.dtypes[x] not in ("float64", "float32"):
+            raise Unsupported("product of a non-float literal")
+        z = self.scratch(loc.size, self.dtypes[x])
+        self.emit(f"    {z}[:] = {loc.lit}")
+        return _Loc(loc.shape, buf=z)
+
     def _as_array(self, x):
         """Source of a numba array (1-d or 2-d, 'C' or 'F' layout) holding ``x``'s value."""
         loc = self.loc[x]
-        if loc.lit is not None:  # (the cotangent of a summed product is ones): the filled array
-            if self.dtypes[x] not in ("float64", "float32"):
-                raise Unsupported("dot of a non-float literal")
-            z = self.scratch(loc.size, self.dtypes[x])
-            self.emit(f"    {z}[:] = {loc.lit}")
-            loc = _Loc(loc.shape, buf=z)  # (the slot stays a literal for everything else)
+        if loc.lit is not None:
+            loc = self._buffer(x)
         shape = loc.shape
         n = loc.size
         if len(shape) == 1:
@@ -252,9 +260,7 @@ class ProductTemplates:
             con = sorted(axes)
             c = int(np.prod([shape[i] for i in con], dtype=np.int64))
             f = int(np.prod(shape, dtype=np.int64)) // c
-            loc = self._materialize(s)
-            if loc.lit is not None:
-                raise Unsupported("tensor product of a literal")
+            loc = self._buffer(s)
             flat = f"{loc.buf}[{loc.off}:{_off_add(loc.off, f * c)}]"
             if con == list(range(nd - len(con), nd)):  # (free, con) in memory
                 v = f"{flat}.reshape(({f}, {c}))" if free_first else f"{flat}.reshape(({f}, {c})).T"
@@ -294,9 +300,7 @@ class ProductTemplates:
             raise Unsupported("outer_t of non-float or mixed dtypes")
         if any(n == 0 for s in (g, other) for n in self.shapes[s]):
             raise Unsupported("outer_t of an empty operand")
-        lo = self._materialize(other)
-        if lo.lit is not None:
-            raise Unsupported("outer_t of a literal")
+        lo = self._buffer(other)
         vec = f"{lo.buf}[{lo.off}:{_off_add(lo.off, lo.size)}]"
         mat = self._as_array(g)
         buf = self.fresh(o)
@@ -326,7 +330,7 @@ class ProductTemplates:
             raise Unsupported("batched product of an empty operand")
         operands = []
         for s in (a, b):
-            loc = self._materialize(s)
+            loc = self._buffer(s)
             shape = loc.shape
             lead = len(batch) - (len(shape) - 2)
             if lead < 0:
@@ -363,60 +367,87 @@ class ProductTemplates:
             self.emit(f"{ind}np.dot(({vb}).T, ({va}).T, {vo})")
 
     # ---- linear algebra of one matrix (LAPACK through numba's np.linalg; batched stacks have no template)
-    def _matrix(self, a, what):
-        """Source of the 2-d float matrix ``a`` for a LAPACK call (Unsupported for stacks and other dtypes)."""
-        if len(self.shapes[a]) != 2 or self.dtypes[a] not in ("float64", "float32"):
-            raise Unsupported(f"{what} of a stack of matrices or of {self.dtypes[a]}")
-        if any(n == 0 for n in self.shapes[a]):
-            raise Unsupported(f"{what} of an empty matrix")
-        return self._as_array(a)
+    def _stack(self, what, batch, ins, outs):
+        """Emit loops over the ``batch`` axes (broadcast, as NumPy's linalg stacks) for a LAPACK call per step;
+        ``ins``: ``(slot, core ndim)``.  Returns ``(indent, input views, output targets)``: C-order views of each
+        step's core arrays, and of each output's core (an element for a 0-d core)."""
+        dt = None
+        views = []
+        steps_all = []
+        for s, core in ins:
+            if self.dtypes[s] not in ("float64", "float32") or dt not in (None, self.dtypes[s]):
+                raise Unsupported(f"{what} of {self.dtypes[s]} or mixed dtypes")
+            dt = self.dtypes[s]
+            shape = self.shapes[s]
+            if any(n == 0 for n in shape):
+                raise Unsupported(f"{what} of an empty array")
+            loc = self._buffer(s)
+            lead = len(batch) - (len(shape) - core)
+            if lead < 0:
+                raise Unsupported(f"{what} operand with more batch axes than its result")
+            size = int(np.prod(shape[len(shape) - core:], dtype=np.int64))
+            st = row_major(shape[:len(shape) - core])
+            steps = [0 if d < lead or shape[d - lead] == 1 else st[d - lead] * size for d in range(len(batch))]
+            steps_all.append((loc, steps, shape[len(shape) - core:], size))
+        targets = []
+        flat = _nest_index(range(len(batch)), batch)
+        for o in outs:
+            buf = self.fresh(o)
+            core = self.shapes[o][len(batch):]
+            size = int(np.prod(core, dtype=np.int64))
+            off = f"({flat}) * {size}"
+            targets.append(f"{buf}[{flat}]" if not core else f"{buf}[{off}:{off} + {size}].reshape({core!r})")
+        ind = "    "
+        for d, nb in enumerate(batch):
+            self.emit(f"{ind}for i{d} in range({nb}):")
+            ind += "    "
+        for loc, steps, core, size in steps_all:
+            off = " + ".join([str(loc.off)] + [f"i{d} * {st_}" for d, st_ in enumerate(steps) if st_])
+            views.append(f"{loc.buf}[{off}:{off} + {size}]" + (f".reshape({core!r})" if len(core) > 1 else ""))
+        return ind, views, targets
 
-    def _store(self, o, src):
-        """Copy the array ``src`` (any layout) into a fresh buffer of slot ``o``."""
-        buf = self.fresh(o)
-        shape = self.shapes[o]
-        self.emit(f"    {buf}.reshape({shape!r})[...] = {src}" if shape else f"    {buf}[0] = {src}")
+    def _square(self, k, what):
+        """``(indent, view of the matrix, output targets)`` for an op on the stack of square matrices
+        ``args[0]``."""
+        a = self.tape.instr_args(k)[0]
+        return self._stack(what, self.shapes[int(a)][:-2], [(int(a), 2)],
+                           [int(o) for o in self.tape.instr_outs(k)])
 
     def op_inv(self, k, op, args, outs):
-        self._store(outs[0], f"np.linalg.inv({self._matrix(args[0], 'inv')})")
+        ind, (va,), (vo,) = self._square(k, "inv")
+        self.emit(f"{ind}{vo}[...] = np.linalg.inv({va})")
 
     def op_det(self, k, op, args, outs):
-        self._store(outs[0], f"np.linalg.det({self._matrix(args[0], 'det')})")
+        ind, (va,), (vo,) = self._square(k, "det")
+        self.emit(f"{ind}{vo} = np.linalg.det({va})")
 
     def op_slogdet(self, k, op, args, outs):
-        a = self._matrix(args[0], "slogdet")
+        ind, (va,), (vs, vl) = self._square(k, "slogdet")
         sign, logdet = self.tmp("sg"), self.tmp("ld")
-        self.emit(f"    {sign}, {logdet} = np.linalg.slogdet({a})")
-        self._store(outs[0], sign)
-        self._store(outs[1], logdet)
+        self.emit(f"{ind}{sign}, {logdet} = np.linalg.slogdet({va})")
+        self.emit(f"{ind}{vs} = {sign}")
+        self.emit(f"{ind}{vl} = {logdet}")
 
     def op_solve(self, k, op, args, outs):
-        a = self._matrix(args[0], "solve")
-        b = args[1]
-        if len(self.shapes[b]) != (1 if op.vector else 2) or self.dtypes[b] != self.dtypes[args[0]]:
-            raise Unsupported("solve with batched or mixed-dtype operands")
+        a, b, o = args[0], args[1], outs[0]
+        core = 1 if op.vector else 2
+        ind, (va, vb), (vo,) = self._stack("solve", self.shapes[o][:len(self.shapes[o]) - core],
+                                           [(a, 2), (b, core)], [o])
         if op.assume_a == "pos":  # raises LinAlgError unless positive definite, as the reference engine
-            self.emit(f"    np.linalg.cholesky({a})")
-        self._store(outs[0], f"np.linalg.solve({a}, {self._as_array(b)})")
+            self.emit(f"{ind}np.linalg.cholesky({va})")
+        self.emit(f"{ind}{vo}[...] = np.linalg.solve({va}, {vb})")
 
     # (no eigh: eigenvectors are defined up to sign, and numba's LAPACK call picked other signs than NumPy's for
     # float32 spec rows, so the program would not compute what the reference engine computes)
-    def _symmetric(self, a, what, lower=True):
-        """A scratch holding the symmetric matrix read from one triangle of ``a`` (as the reference engine's
-        ``_np_sym``); returns its 2-d source."""
-        self._matrix(a, what)
-        n = self.shapes[a][0]
-        la = self._materialize(a)
-        s = self.scratch(n * n, self.dtypes[a])
-        self.emit(f"    for i0 in range({n}):")
-        self.emit(f"        for i1 in range({n}):")
-        own, mirror = (f"{la.buf}[{_off_add(la.off, f'{r} * {n} + {c}')}]" for r, c in (("i0", "i1"), ("i1", "i0")))
-        self.emit(f"            {s}[i0 * {n} + i1] = {own} if {'i1 <= i0' if lower else 'i1 >= i0'} else {mirror}")
-        return f"{s}[0:{n * n}].reshape(({n}, {n}))"
-
     def op_cholesky(self, k, op, args, outs):
-        """The lower factor of the symmetric matrix read from ``a``'s lower triangle."""
-        self._store(outs[0], f"np.linalg.cholesky({self._symmetric(args[0], 'cholesky')})")
+        """The lower factor of the symmetric matrix read from the lower triangle of each matrix."""
+        n = self.shapes[args[0]][-1]
+        sym = self.scratch(n * n, self.dtypes[args[0]])  # (allocated before the batch loops open)
+        ind, (va,), (vo,) = self._square(k, "cholesky")
+        self.emit(f"{ind}for q0 in range({n}):")
+        self.emit(f"{ind}    for q1 in range({n}):")
+        self.emit(f"{ind}        {sym}[q0 * {n} + q1] = {va}[q0, q1] if q1 <= q0 else {va}[q1, q0]")
+        self.emit(f"{ind}{vo}[...] = np.linalg.cholesky({sym}[0:{n * n}].reshape(({n}, {n})))")
 
     def op_norm(self, k, op, args, outs):
         """The 2-norm over ``op.axis``: squares summed per output position, then square roots."""

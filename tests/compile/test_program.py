@@ -226,6 +226,17 @@ def test_linear_algebra_of_one_matrix_and_its_gradients_run_in_the_program(dtype
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max())))
 
 
+def test_stacks_of_matrices_in_linear_algebra_run_in_the_program():
+    A, b = tg.dtensor3("A"), tg.dmatrix("b")
+    S = tg.matmul(A, tg.linalg.tril(A).dimshuffle(0, 2, 1)) + 3.0 * tg.eye(3)  # a stack of 2 (broadcast eye)
+    sign, logdet = tg.linalg.slogdet(S)
+    x = tg.linalg.solve(S, b[:, :, None])[:, :, 0]
+    c = tg.sum(logdet) + tg.sum(tg.linalg.det(S)) + tg.sum(tg.linalg.inv(S) ** 2) + tg.sum(x ** 2) \
+        + tg.sum(tg.linalg.cholesky(S + tg.transpose(S, (0, 2, 1))))
+    _run([A, b], [sign, logdet, x, c, *tg.grad(c, [A, b])], RNG.standard_normal((2, 3, 3)),
+         RNG.standard_normal((2, 3)))
+
+
 def test_singular_and_indefinite_matrices_raise_linalg_error_in_the_program():
     A, b = tg.dmatrix("A"), tg.dvector("b")
     f = tg.function([A, b], [tg.linalg.solve(A, b), tg.linalg.cholesky(A)], device="cpu", tier="program")
