@@ -569,7 +569,10 @@ class CPUEngine:
             if self.tier in ("auto", "program") and not self._dynamic:
                 prog = engine_program(self, full_key, plan)
                 if prog is not None:
-                    return prog.run(inputs, shared)
+                    try:
+                        return prog.run(inputs, shared)
+                    except (IndexError, np.linalg.LinAlgError):
+                        pass  # an index out of range, a singular matrix: tier 0 raises it with the reference message
             return plan.execute(inputs, shared, known)
 
     # ---------------------------------------------------------------- fused tier
