@@ -42,13 +42,11 @@ re-entrant: one call at a time per engine (arenas belong to the plan).
 
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 
-from tapegrad.compile import gc_paused
 
-from tapegrad.compile import numba_ready
+from tapegrad.compile import gc_paused, numba_ready
+from tapegrad.compile.arena import BlockAllocator
 from tapegrad.compile.kernels.core import (
     H_ARGP, H_ARGS, H_CODES, H_FPP, H_ICD, H_IGRP, H_IP, H_IPP, H_OUTP, H_OUTS, H_SAK, H_SCONT, H_SND, H_SOFF, H_SSHP,
     H_SSIZE, H_SSTR, KIND_OF_DTYPE, MAXD, NH,
@@ -145,41 +143,14 @@ class Plan:
         for s in range(n_slots):
             if not pinned[s] and not is_view[s] and not internal[s] and last_use[s] >= 0:
                 dies_at.setdefault(int(last_use[s]), []).append(s)
-        # ---- allocation: one arena per dtype, best-fit reuse of freed blocks (the smallest free block that
-        #      fits and is at most twice the need; among blocks of that size the last freed, still in cache).
-        #      Free blocks are kept per size with the sizes sorted, so a tape of thousands of slots plans in
-        #      linear time (a scan of one free list cost 0.6 s on the 6205-instruction Lorenz-96 tape).
+        # ---- allocation: one arena per dtype, best-fit reuse of freed blocks (arena.BlockAllocator)
         offsets = np.zeros(n_slots, np.int64)
-        tops = {}
-        free = {}  # dtype -> {block size: [offsets]}
-        free_sizes = {}  # dtype -> sorted sizes with free blocks
+        arena = BlockAllocator(_ALIGN)
         placed = is_view | internal  # internal fused slots get no block (offset 0, never read or written)
 
         def alloc(s):
-            dt = dtypes[s]
-            n = max(sizes[s], 1)
-            n = -(-n // _ALIGN) * _ALIGN
-            ks = free_sizes.get(dt)
-            if ks:
-                i = bisect.bisect_left(ks, n)
-                if i < len(ks) and ks[i] <= 2 * n:
-                    m = ks[i]
-                    offs = free[dt][m]
-                    offsets[s] = offs.pop()
-                    if not offs:
-                        del free[dt][m]
-                        ks.pop(i)
-                    return m
-            offsets[s] = tops.get(dt, 0)
-            tops[dt] = offsets[s] + n
-            return n
-
-        def release(dt, m, off):
-            offs = free.setdefault(dt, {}).get(m)
-            if offs is None:
-                free[dt][m] = offs = []
-                bisect.insort(free_sizes.setdefault(dt, []), m)
-            offs.append(off)
+            offsets[s], m = arena.alloc(dtypes[s], sizes[s])
+            return m
 
         blocks = {}
         for s in np.concatenate([tape.input_slots, tape.const_slots, tape.shared_slots, const_out]).astype(np.int64):
@@ -195,14 +166,14 @@ class Plan:
             dead += [s for s in tape.instr_outs(k) if last_use[s] == -1 and not pinned[s] and not is_view[s]
                      and not internal[s]]
             for s in sorted(set(int(s) for s in dead)):
-                release(dtypes[s], blocks[s], int(offsets[s]))
+                arena.release(dtypes[s], blocks[s], int(offsets[s]))
         for s in range(n_slots):  # slots nobody writes (unused temps)
             if not placed[s]:
                 blocks[s] = alloc(s)
         for o, (root, off, _) in layout.items():
             offsets[o] = offsets[root] + off
         self.layout = layout
-        self.arenas = {dt: np.zeros(max(top, 1), dtype=dt) for dt, top in tops.items()}
+        self.arenas = {dt: np.zeros(max(top, 1), dtype=dt) for dt, top in arena.tops.items()}
         for dt in ("float64", "float32", "int64", "bool"):
             self.arenas.setdefault(dt, np.zeros(1, dtype=dt))
         self.offsets = offsets
@@ -550,17 +521,16 @@ class CPUEngine:
                 full_key = key + tuple(known[s].shape for s in sorted(known))
             plan = self._plans.get(full_key)
             if plan is None:
-                try:
-                    with gc_paused():  # (the collections a big tape's planning triggers walk the user's graph)
+                with gc_paused():  # (the collections a big tape's planning triggers walk the user's graph)
+                    try:
                         shapes = self._infer_shapes(inputs, shared, known)
-                except _Dynamic as d:
-                    self._dynamic.add(d.k)
-                    continue
-                values, const_instrs = self._plan_values
-                sched = None
-                if self.tier == "fused":
-                    sched = self._fusion(shapes, const_instrs, background=False)
-                with gc_paused():
+                    except _Dynamic as d:
+                        self._dynamic.add(d.k)
+                        continue
+                    values, const_instrs = self._plan_values
+                    sched = None
+                    if self.tier == "fused":
+                        sched = self._fusion(shapes, const_instrs, background=False)
                     plan = self._plans[full_key] = Plan(self, shapes, values, const_instrs, sched)
             elif self.tier == "auto" and (self._dynamic or self._programs.get(full_key, True) is False):
                 plan = self._auto(full_key, plan)

@@ -168,6 +168,14 @@ class _Nest:
     def __init__(self, shape):
         self.shape = tuple(shape)
 
+    def open(self, emit, reverse=None):
+        """Emit the loop headers (axis ``reverse`` counting down); returns the body indentation."""
+        ind = "    "
+        for d, n in enumerate(self.shape):
+            emit(f"{ind}for i{d} in range({f'{n - 1}, -1, -1' if d == reverse else n}):")
+            ind += "    "
+        return ind
+
     def index(self, off, strides):
         return " + ".join([str(off)] + [f"i{d} * {s_}" for d, s_ in enumerate(strides) if s_])
 

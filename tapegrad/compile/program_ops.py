@@ -100,11 +100,7 @@ class OpTemplates:
         """``diagonal`` is a view (buffers are never written after they are made)."""
         x, o = args[0], outs[0]
         lx = self.loc[x]
-        if lx.lit is not None:
-            self.loc[o] = _Loc(self.shapes[o], lit=lx.lit)
-            return
-        off, shape, st = self._diag_layout(lx.shape, lx.strides, lx.off, op)
-        self.loc[o] = _Loc(shape, buf=lx.buf, off=off, strides=st)
+        self._view(o, x, self._diag_layout(lx.shape, lx.strides, 0, op))
 
     def op_trace(self, k, op, args, outs):
         """The sum of the diagonal view, in the output dtype."""
@@ -118,10 +114,7 @@ class OpTemplates:
         if not int(np.prod(shape, dtype=np.int64)):
             return
         loop = _Nest(shape)
-        ind = "    "
-        for d, m in enumerate(shape):
-            self.emit(f"{ind}for i{d} in range({m}):")
-            ind += "    "
+        ind = loop.open(self.emit)
         src = f"{lx.buf}[{loop.index(off, st)}]"
         self.emit(f"{ind}{buf}[{_nest_index(range(len(shape) - 1), shape)}] += np.{dt}({src})")
 
@@ -134,11 +127,8 @@ class OpTemplates:
         if not int(np.prod(shape, dtype=np.int64)):
             return
         gst = self.strides_for(g, shape[:-1]) + [0] if op.trace else self.strides_for(g, shape)
-        ind = "    "
-        for d, m in enumerate(shape):
-            self.emit(f"{ind}for i{d} in range({m}):")
-            ind += "    "
         loop = _Nest(shape)
+        ind = loop.open(self.emit)
         self.emit(f"{ind}{buf}[{loop.index(off, st)}] = {self.read(g, loop, strides=gst, as_dt=self.dtypes[o])}")
 
     def _fill(self, o, value_src):
@@ -240,13 +230,10 @@ class OpTemplates:
             return
         st = self.strides_for(x, shape)
         step = int(np.prod(shape[axis + 1:], dtype=np.int64))
-        ind = "    "
-        for d, nd in enumerate(shape):
-            rng = f"{nd - 1}, -1, -1" if rev and d == axis else f"{nd}"
-            self.emit(f"{ind}for i{d} in range({rng}):")
-            ind += "    "
+        loop = _Nest(shape)
+        ind = loop.open(self.emit, reverse=axis if rev else None)
         at = _nest_index(range(len(shape)), shape)
-        val = self.read(x, _Nest(shape), strides=st, as_dt=dt)
+        val = self.read(x, loop, strides=st, as_dt=dt)
         edge = f"{shape[axis] - 1}" if rev else "0"
         prev = f"{buf}[{at} {'+' if rev else '-'} {step}]"
         self.emit(f"{ind}if i{axis} == {edge}:")
@@ -445,12 +432,13 @@ class OpTemplates:
         each group's position: the flat index into ``x`` for ``at=None``, else the index into the reduced axes
         flattened in C order (argmax)."""
         n, ws, loop = self._per_group(x, axes, what, ("float64", "float32", "int64"))
-        shape = self.shapes[x]
-        rs = _axis_strides(len(shape), [d for d in range(len(shape)) if d not in axes],
-                           row_major(tuple(shape[d] for d in sorted(axes))), False)
-        pos = loop.out_index() if at is None else loop.index(0, rs)
         if at is None:
-            at = self.scratch(n, "int64")
+            pos, at = loop.out_index(), self.scratch(n, "int64")
+        else:
+            shape = self.shapes[x]
+            rs = _axis_strides(len(shape), [d for d in range(len(shape)) if d not in axes],
+                               row_major(tuple(shape[d] for d in sorted(axes))), False)
+            pos = loop.index(0, rs)
         best = self.scratch(n, self.dtypes[x])
         self.emit(f"    {at}[:] = -1")
         r, v = loop.index(0, ws), self.tmp("v")
@@ -623,10 +611,7 @@ class OpTemplates:
         ``(indent, flat index into a C-order array of xshape at j, flat position in idx)``."""
         axis, n = op.axis, xshape[op.axis]
         r_idx = len(self.shapes[idx])
-        ind = "    "
-        for d, m in enumerate(shape):
-            self.emit(f"{ind}for i{d} in range({m}):")
-            ind += "    "
+        ind = _Nest(shape).open(self.emit)
         pre, mid, post = range(axis), range(axis, axis + r_idx), range(axis + r_idx, len(shape))
         li = self._materialize(idx)
         pos = _nest_index(mid, shape)

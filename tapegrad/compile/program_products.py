@@ -88,8 +88,8 @@ class ProductTemplates:
     def _dot_member_source(self, m, loop):
         """The value of :class:`_DotMember` ``m`` at the position of ``loop``: its K products summed in order."""
         terms = []
+        (ba, oa, ka, sa), (bb, ob, kb, sb) = m.a, m.b
         for j in range(m.n_terms):
-            (ba, oa, ka, sa), (bb, ob, kb, sb) = m.a, m.b
             terms.append(f"{ba}[{loop.index(_off_add(oa, j * ka), sa)}] * {bb}[{loop.index(_off_add(ob, j * kb), sb)}]")
         return f"np.{m.out_dtype}({' + '.join(terms)})"
 
@@ -318,38 +318,11 @@ class ProductTemplates:
 
     def _batch_views(self, a, b, o):
         """Emit a loop over the (broadcast) batch axes of ``o`` (all but its last two); returns ``(indent, [view of
-        a, view of b], view of o)``: the sources of each step's contiguous matrices (operands copied to C order
-        first when they are not)."""
-        oshape = self.shapes[o]
-        batch = oshape[:-2]
-        m, n = oshape[-2:]
-        dt = self.dtypes[o]
-        if dt not in ("float64", "float32") or any(self.dtypes[s] != dt for s in (a, b)):
-            raise Unsupported("batched product of non-float or mixed dtypes")
-        if any(x == 0 for s in (a, b, o) for x in self.shapes[s]):
-            raise Unsupported("batched product of an empty operand")
-        operands = []
-        for s in (a, b):
-            loc = self._buffer(s)
-            shape = loc.shape
-            lead = len(batch) - (len(shape) - 2)
-            if lead < 0:
-                raise Unsupported("batched product operand with more batch axes than its result")
-            mat = shape[-2] * shape[-1]
-            st = row_major(shape[:-2])
-            steps = [0 if d < lead or shape[d - lead] == 1 else st[d - lead] * mat for d in range(len(batch))]
-            operands.append((loc, steps, shape[-2:]))
-        buf = self.fresh(o)
-        ind = "    "
-        for d, nb in enumerate(batch):
-            self.emit(f"{ind}for i{d} in range({nb}):")
-            ind += "    "
-        views = []
-        for loc, steps, (r, c) in operands:
-            off = " + ".join([str(loc.off)] + [f"i{d} * {st_}" for d, st_ in enumerate(steps) if st_])
-            views.append(f"{loc.buf}[{off}:{off} + {r * c}].reshape(({r}, {c}))")
-        out_off = " + ".join(["0"] + [f"i{d} * {st_ * m * n}" for d, st_ in enumerate(row_major(batch))])
-        return ind, views, f"{buf}[{out_off}:{out_off} + {m * n}].reshape(({m}, {n}))"
+        a, view of b], view of o)``: each step's C-order matrices (see :meth:`_stack`)."""
+        if self.dtypes[o] not in ("float64", "float32") or 0 in self.shapes[o]:
+            raise Unsupported(f"batched product into {self.dtypes[o]} or of an empty result")
+        ind, views, (vo,) = self._stack("batched product", self.shapes[o][:-2], [(a, 2), (b, 2)], [o])
+        return ind, views, vo
 
     def _batched_einsum(self, a, b, o, la, lb, lo):
         """``...``-batched einsum of 2-d cores with one contracted label: per batch step, the core as a
@@ -397,10 +370,7 @@ class ProductTemplates:
             size = int(np.prod(core, dtype=np.int64))
             off = f"({flat}) * {size}"
             targets.append(f"{buf}[{flat}]" if not core else f"{buf}[{off}:{off} + {size}].reshape({core!r})")
-        ind = "    "
-        for d, nb in enumerate(batch):
-            self.emit(f"{ind}for i{d} in range({nb}):")
-            ind += "    "
+        ind = _Nest(batch).open(self.emit)
         for loc, steps, core, size in steps_all:
             off = " + ".join([str(loc.off)] + [f"i{d} * {st_}" for d, st_ in enumerate(steps) if st_])
             views.append(f"{loc.buf}[{off}:{off} + {size}]" + (f".reshape({core!r})" if len(core) > 1 else ""))
@@ -474,10 +444,7 @@ class ProductTemplates:
         buf = self.fresh(o)
         if not self.loc[o].size:
             return
-        ind = "    "
-        for d, m in enumerate(shape):
-            self.emit(f"{ind}for i{d} in range({m}):")
-            ind += "    "
+        ind = _Nest(shape).open(self.emit)
         r, c = len(shape) - 2, len(shape) - 1
         keep = f"i{c} - i{r} <= {op.k}" if op.lower else f"i{c} - i{r} >= {op.k}"
         val = self.read(x, _Nest(shape), strides=self.strides_for(x, shape))
