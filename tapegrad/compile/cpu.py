@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 from tapegrad.compile import gc_paused, numba_ready
 from tapegrad.compile.arena import BlockAllocator
 from tapegrad.compile.kernels.core import (
