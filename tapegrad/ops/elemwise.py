@@ -47,21 +47,21 @@ except ImportError:  # pragma: no cover - exercised only without scipy
         acc = 0.0
         if x < 0:  # reflection
             return _psi_scalar(1 - x) - math.pi / math.tan(math.pi * x)
-        while x < 6:
+        while x < 10:
             acc -= 1 / x
             x += 1
         f = 1 / (x * x)
-        return acc + math.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (1 / 240 - f / 132))))
+        return acc + math.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (1 / 240 - f * (1 / 132 - f * (691 / 32760 - f / 12))))))
 
     def _trigamma_scalar(x):
         if x <= 0 and x == math.floor(x):
             return math.inf
         acc = 0.0
-        while x < 6:
+        while x < 10:
             acc += 1 / (x * x)
             x += 1
         f = 1 / (x * x)
-        return acc + 1 / x + f / 2 + (1 / x) * f * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f / 30)))
+        return acc + 1 / x + f / 2 + (1 / x) * f * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f * (1 / 30 - f * (5 / 66 - f * (691 / 2730 - f * 7 / 6))))))
 
     _psi = np.vectorize(_psi_scalar, otypes=[float])
     _trigamma = np.vectorize(_trigamma_scalar, otypes=[float])

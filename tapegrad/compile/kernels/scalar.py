@@ -121,7 +121,7 @@ def _psi_pos(x):
         acc -= 1 / x
         x += 1
     f = 1 / (x * x)
-    return acc + math.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (1 / 240 - f / 132))))
+    return acc + math.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (1 / 240 - f * (1 / 132 - f * (691 / 32760 - f / 12))))))
 
 
 @njit(**_J)
@@ -136,7 +136,7 @@ def _trigamma_pos(x):
         acc += 1 / (x * x)
         x += 1
     f = 1 / (x * x)
-    return acc + 1 / x + f / 2 + (1 / x) * f * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f / 30)))
+    return acc + 1 / x + f / 2 + (1 / x) * f * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f * (1 / 30 - f * (5 / 66 - f * (691 / 2730 - f * 7 / 6))))))
 
 
 @njit(**_J)
