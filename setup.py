@@ -7,11 +7,13 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 
 DASK = "dask[distributed]"
+TBB = "tbb>=2021.6"  # numba's fork- and thread-safe threading layer: parallel loops in generated programs
 extras = {
+    "parallel": [TBB],
     "cuda": ["numba-cuda"],
     "scipy": ["scipy"],
     "dask": [DASK],
-    "test": ["pytest", "hypothesis", "scipy", DASK, "numba-cuda"],
+    "test": ["pytest", "hypothesis", "scipy", DASK, "numba-cuda", TBB],
     "perf": ["jax", "jaxlib", "pytensor", "torch==2.13.0", "autograd", "matplotlib", DASK],
 }
 

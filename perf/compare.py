@@ -432,8 +432,10 @@ def run_probe():
     out = f(np.arange(3.0))
     t3 = time.perf_counter()
     ok = bool(np.allclose(out[1], 2 * np.arange(3.0)))
+    from tapegrad.compile.threads import parallel_info
+
     rec = {"import_s": t1 - t0, "function_s": t2 - t1, "first_call_s": t3 - t2, "ok": ok,
-           "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR")}
+           "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"), "parallel": list(parallel_info())}
     d = interp_dispatcher()
     if d is not None and hasattr(d, "stats"):
         rec["cache_hits"] = sum(d.stats.cache_hits.values())
@@ -705,7 +707,8 @@ def probe_lines(probes):
             if "cache_misses" in p:
                 hit = "compiled the engine (cache miss)" if p["cache_misses"] else "loaded the engine from cache"
             out.append(f"engine probe [{p['label']}]: import {fmt_t(p['import_s'])}, function {fmt_t(p['function_s'])}, "
-                       f"first call {fmt_t(p['first_call_s'])} -> {hit}")
+                       f"first call {fmt_t(p['first_call_s'])} -> {hit}"
+                       + (f"; program loops on {p['parallel'][0]} thread(s) ({p['parallel'][1]})" if "parallel" in p else ""))
         else:
             out.append(f"engine probe [{p['label']}]: {p['status']}: {p.get('note')}")
     return out

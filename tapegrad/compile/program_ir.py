@@ -119,8 +119,20 @@ def _read_strides(loc, shape):
     return st
 
 
+def par_range(emit, ind, var, lo, hi, chunks):
+    """Emit ``for <var> in range(lo, hi)`` split into ``chunks`` contiguous chunks run by ``prange``; returns
+    the body indentation.  The body must index through :func:`~tapegrad.compile.vmath.nn` (see there)."""
+    ch = -(-(hi - lo) // chunks)
+    start = f"{lo} + cq * {ch}" if lo else f"cq * {ch}"
+    emit(f"{ind}for cq in prange({chunks}):")
+    emit(f"{ind}    for {var} in range({start}, min({start} + {ch}, {hi})):")
+    return ind + "        "
+
+
 class _Loop:
-    """A loop nest over ``shape``: ``index(off, strides)`` gives the flat index source of an operand."""
+    """A loop nest over ``shape``: ``index(off, strides)`` gives the flat index source of an operand.  With
+    ``par`` (a chunk count) set, the flat loop or axis ``par_dim`` of the nest is split into that many chunks
+    run in parallel, and each index is marked non-negative (``nn``) so that a chunk's loop still vectorises."""
 
     def __init__(self, shape, operand_strides):
         self.shape = tuple(int(n) for n in shape)
@@ -128,15 +140,27 @@ class _Loop:
         self.flat = all(list(s) == list(rm) or not any(s) for s in operand_strides)
         self.dims = [d for d, n in enumerate(self.shape) if n != 1]
         self.var = "i"  # the flat loop's index variable
+        self.par = 0  # chunks run in parallel (0: a serial loop)
+        self.par_dim = self.dims[0] if self.dims else 0  # the axis a loop nest splits into chunks
 
     def open(self, emit, ind):
         """Emit the loop headers; returns the body indentation."""
         n = int(np.prod(self.shape, dtype=np.int64))
         if self.flat:
+            if self.par:
+                return par_range(emit, ind, "i", 0, n, self.par)
             emit(f"{ind}for i in range({n}):")
             return ind + "    "
+        if self.par:
+            d = self.par_dim
+            ch = -(-self.shape[d] // self.par)
+            emit(f"{ind}for cq in prange({self.par}):")
+            ind += "    "
         for d in self.dims:
-            emit(f"{ind}for i{d} in range({self.shape[d]}):")
+            if self.par and d == self.par_dim:
+                emit(f"{ind}for i{d} in range(cq * {ch}, min(cq * {ch} + {ch}, {self.shape[d]})):")
+            else:
+                emit(f"{ind}for i{d} in range({self.shape[d]}):")
             ind += "    "
         return ind
 
@@ -144,11 +168,13 @@ class _Loop:
         if self.flat:
             if not any(strides):
                 return str(off)
-            return self.var if off == 0 else f"{off} + {self.var}"
+            src = self.var if off == 0 else f"{off} + {self.var}"
+            return f"nn({src})" if self.par else src
         terms = [f"i{d} * {strides[d]}" if strides[d] != 1 else f"i{d}" for d in self.dims if strides[d]]
         if off or not terms:
             terms.insert(0, str(off))
-        return " + ".join(terms)
+        src = " + ".join(terms)
+        return f"nn({src})" if self.par and any(strides[d] for d in self.dims) else src
 
     def out_index(self):
         """Flat row-major index of the loop position (the index of a fresh output buffer)."""

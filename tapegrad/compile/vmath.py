@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -63,6 +64,23 @@ def v_tanh(x):
     e = _fma(s, p, s - 1.0)
     t = math.copysign(e / (e + 2.0), x)
     return x if x != x else t
+
+
+@intrinsic
+def nn(typingctx, x):
+    """``x``, with LLVM told it is not negative.  An index of a chunk of a ``prange`` loop (whose bounds come
+    from the parallel scheduler) is otherwise not known to be, and the wraparound Numba emits for a negative
+    index (``x < 0 ? x + n : x``) keeps the loop from vectorising."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (v,) = args
+        assume = builder.module.declare_intrinsic("llvm.assume", fnty=ir.FunctionType(ir.VoidType(), [ir.IntType(1)]))
+        builder.call(assume, [builder.icmp_signed(">=", v, ir.Constant(v.type, 0))])
+        return v
+
+    return x(x), codegen
 
 
 # the absolute-zero multiply of kernels/scalar.py (``0 * inf = 0``), the same Python function compiled to be

@@ -1,0 +1,171 @@
+"""Parallel loops in the program tier (:mod:`tapegrad.compile.threads`).
+
+With more than one Numba thread and a safe threading layer (tbb, from the ``parallel`` extra, which the
+``test`` extra installs), a top-level fused loop over at least ``PAR_MIN`` elements runs as a ``prange``
+over one chunk per thread, its indices marked non-negative (``nn``) so each chunk still vectorises.  These
+tests check which loops go parallel, that the values match the python engine, and that the layer chosen
+is safe for concurrent calls from Python threads and for ``fork``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad.compile import program_gen, threads
+
+RNG = np.random.default_rng(11)
+N = threads.PAR_MIN + 4321
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Programs written for two threads, run on the tbb layer (loaded first: the pytest process must not
+    start GNU OpenMP, which would make every later ``fork`` in it unsafe)."""
+    assert threads._load_tbb(), "the test extra installs tbb"
+    monkeypatch.setattr(program_gen, "program_threads", lambda: 2)
+
+
+def _source(f):
+    (prog,) = f._engine._programs.values()
+    assert prog is not False, f._engine.program_error
+    return prog.program.source
+
+
+def _run(ins, outs, args, dtype="float64"):
+    ref = tg.function(ins, outs, device="python")(*args)
+    f = tg.function(ins, outs, device="cpu", tier="program")
+    got = f(*args)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for g, r in zip(got, ref):
+        g, r = np.asarray(g), np.asarray(r)
+        assert g.dtype == r.dtype and g.shape == r.shape
+        scale = float(np.abs(r[np.isfinite(r)]).max(initial=1.0))
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * scale, equal_nan=True)
+    return _source(f)
+
+
+def _rosen(x):
+    return tg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_flat_loop_with_a_sum_runs_in_parallel(two_threads, dtype):
+    x = tg.vector("x", dtype=dtype)
+    c = tg.sum(tg.exp(-x * x) * tg.sin(x))
+    src = _run([x], [c, tg.grad(c, x)], [RNG.standard_normal(N).astype(dtype)], dtype)
+    assert "for cq in prange(2):" in src and "parallel=True" in src
+    assert "nn(" in src
+
+
+def test_rosenbrock_grad_and_hvp_windows_run_in_parallel(two_threads):
+    x, v = tg.dvector("x"), tg.dvector("v")
+    c = _rosen(x)
+    xv, vv = RNG.uniform(-1.5, 1.5, N), RNG.standard_normal(N)
+    src = _run([x], [c, tg.grad(c, x)], [xv])
+    assert src.count("prange(") == 1  # the middle segment; the one-element edges stay serial
+    src = _run([x, v], [tg.hessian_vector_product(c, x, v)], [xv, vv])
+    assert "prange(" in src
+
+
+def test_two_dimensional_loop_with_a_bias_gradient_splits_along_the_columns(two_threads):
+    X, Y, b = tg.dmatrix("X"), tg.dmatrix("Y"), tg.dvector("b")
+    H = tg.tanh(X + b)
+    c = tg.sum((H - Y) ** 2)
+    rows, cols = 300, threads.PAR_MIN // 300 + 7
+    args = [RNG.standard_normal((rows, cols)), RNG.standard_normal((rows, cols)), RNG.standard_normal(cols)]
+    src = _run([X, Y, b], [c, *tg.grad(c, [X, b])], args)
+    assert "prange(" in src
+    half = -(-cols // 2)  # split along the columns: the bias gradient sums over the rows
+    assert f"for i1 in range(cq * {half}, min(cq * {half} + {half}, {cols})):" in src
+
+
+def test_partial_sums_split_another_axis_small_loops_and_one_thread_stay_serial(two_threads, monkeypatch):
+    X = tg.dmatrix("X")
+    big = RNG.standard_normal((400, threads.PAR_MIN // 400 + 1))
+    # a sum over axis 0 accumulates into a row: the loop splits along the columns instead
+    src = _run([X], [tg.sum(tg.exp(X), axis=0)], [big])
+    assert "for i1 in range(cq * 41, min(cq * 41 + 41, 82)):" in src
+    # sums over both axes in one loop: every axis has iterations that share an element of one of them
+    src = _run([X], [tg.sum(tg.exp(X), axis=0), tg.sum(tg.exp(X), axis=1)], [big])
+    assert "prange(" not in src and "parallel=True" not in src
+    x = tg.dvector("x")
+    src = _run([x], [tg.exp(x) * 2.0], [RNG.standard_normal(threads.PAR_MIN - 1)])
+    assert "prange(" not in src
+    monkeypatch.setattr(program_gen, "program_threads", lambda: 1)
+    src = _run([x], [tg.exp(x) * 3.0], [RNG.standard_normal(N)])
+    assert "prange(" not in src
+
+
+def _python(code, **env):
+    e = dict(os.environ, PYTHONPATH=ROOT, **env)
+    e.pop("TAPEGRAD_PARALLEL", None)
+    e.update({k: v for k, v in env.items() if v is not None})
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=e, capture_output=True, text=True,
+                       timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_layer_choice_follows_the_environment():
+    code = "from tapegrad.compile.threads import parallel_info; print(parallel_info())"
+    assert _python(code, NUMBA_NUM_THREADS="2").strip() == "(2, 'tbb')"
+    assert _python(code, NUMBA_NUM_THREADS="1").strip() == "(1, 'one thread (NUMBA_NUM_THREADS)')"
+    assert _python(code, NUMBA_NUM_THREADS="2", TAPEGRAD_PARALLEL="0").strip() == "(1, 'off (TAPEGRAD_PARALLEL=0)')"
+    out = _python(code, NUMBA_NUM_THREADS="2", NUMBA_THREADING_LAYER="workqueue").strip()
+    assert out == "(1, 'workqueue layer named (not safe for concurrent calls)')"
+
+
+@pytest.mark.slow
+def test_parallel_program_is_safe_for_threads_fork_and_njit_callers():
+    out = _python("""
+        import multiprocessing as mp, threading
+        import numpy as np
+        from numba import njit
+        import tapegrad as tg
+        from tapegrad.compile.threads import parallel_info
+
+        x = tg.dvector("x")
+        c = tg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1] ) ** 2)
+        f = tg.function([x], [c, tg.grad(c, x)], tier="program")
+        xs = [np.random.default_rng(k).uniform(-1, 1, 200000) for k in range(4)]
+        want = [tg.function([x], [c, tg.grad(c, x)], device="python")(v) for v in xs]
+        got = [f(v) for v in xs]
+        (prog,) = f._engine._programs.values()
+        assert "prange(" in prog.program.source, prog.program.source[:400]
+
+        def same(a, b):
+            return all(np.allclose(p, q, rtol=1e-12, atol=1e-9) for p, q in zip(a, b))
+
+        assert all(same(g, w) for g, w in zip(got, want))
+        res = [None] * 8
+        def work(j):
+            res[j] = [f(xs[(j + r) % 4]) for r in range(5)]
+        ts = [threading.Thread(target=work, args=(j,)) for j in range(8)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert all(same(r, want[(j + k) % 4]) for j in range(8) for k, r in enumerate(res[j]))
+
+        def child(k):
+            return float(f(xs[k])[0])
+        with mp.get_context("fork").Pool(2) as pool:  # GNU OpenMP would terminate these children
+            vals = pool.map(child, range(4))
+        assert np.allclose(vals, [float(w[0]) for w in want], rtol=1e-12)
+
+        entry = f.as_njit(xs[0])
+        @njit
+        def twice(v):
+            a = entry(v)
+            b = entry(v)
+            return a[0] + b[0]
+        assert np.isclose(twice(xs[0]), 2 * float(want[0][0]), rtol=1e-12)
+        print(parallel_info())
+        """, NUMBA_NUM_THREADS="2")
+    assert out.strip().endswith("(2, 'tbb')")
