@@ -629,13 +629,18 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
     def _par_chunks(self, G, loop):
         """Chunks (one per thread) for the group's loop to run in parallel, or 0.  Only top-level loops of at
         least ``PAR_MIN`` elements, split along an axis on which no two iterations write the same element:
-        every write must move along every loop axis (no broadcast store), and an in-loop partial sum (the bias
-        gradient: a sum over rows) along the split axis; scalar sums become ``prange`` reductions.  Sets
+        every write must move along every loop axis (no broadcast store), no buffer is assigned at two windows,
+        and an in-loop partial sum (the bias gradient: a sum over rows) keeps the split axis; scalar sums
+        become ``prange`` reductions.  Sets
         ``loop.par_dim``, the split axis of a loop nest."""
         size = int(np.prod(loop.shape, dtype=np.int64))
         if self.threads < 2 or self.prefix or size < PAR_MIN or not loop.dims:
             return 0
-        if any(e[0] == "write" and any(e[3][d] == 0 for d in loop.dims) for e in G["epi"]):
+        writes = [e for e in G["epi"] if e[0] == "write"]
+        if any(any(e[3][d] == 0 for d in loop.dims) for e in writes):
+            return 0
+        # assignments into one buffer at two windows: where they overlap, the later iteration's value wins
+        if any(e[5] != "+=" and any(f[1] == e[1] and f[2:4] != e[2:4] for f in writes) for e in writes):
             return 0
         sums = [e[3] for e in G["epi"] if e[0] == "sum"]
         if loop.flat:
