@@ -44,10 +44,13 @@ from tapegrad.compile.program_gen import _Gen
 from tapegrad.compile.program_ir import (  # noqa: F401  (the tier's limits and error, re-exported)
     FASTMATH, MAX_INSTRUCTIONS, PROGRAM_VERSION, Unsupported)
 
-def generate(tape, shapes, dtypes, values, const_instrs, node):
+def generate(tape, shapes, dtypes, values, const_instrs, node, serial=False):
     """``(source, array constants, workspace)`` of the program of ``tape`` at these slot shapes (raises
-    Unsupported); ``workspace`` lists ``(dtype, length)`` of the workspace parameters, after the constants."""
+    Unsupported); ``workspace`` lists ``(dtype, length)`` of the workspace parameters, after the constants.
+    ``serial``: no parallel loops, whatever :func:`~tapegrad.compile.threads.program_threads` says."""
     g = _Gen(tape, shapes, dtypes, values or {}, const_instrs or (), node)
+    if serial:
+        g.threads = 1
     src = g.generate()
     return src, [a for _, a in g.array_consts], sorted(g.ws_sizes.items())
 
@@ -162,26 +165,38 @@ class EngineProgram:
         return w
 
     @classmethod
-    def make(cls, engine, plan, background, only_if_cached=False):
+    def make(cls, engine, plan, background, only_if_cached=False, serial=False):
         """The engine's program for ``plan``'s signature, or None when the tape has no program (or, with
-        ``only_if_cached``, when no earlier process left it in the disk cache)."""
+        ``only_if_cached``, when no earlier process left it in the disk cache).  A program with parallel loops
+        that fails to compile here is made again without them (``serial``): Numba's parfor passes have had
+        bugs its serial compile does not share."""
         tape = engine.tape
         try:
             src, consts, ws = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
-                                       engine.node)
+                                       engine.node, serial=serial)
         except Unsupported as e:
             engine.program_error = e
             return None
         in_dt = [engine.slot_dtypes[s] for s in tape.input_slots]
         sh_dt = [engine.slot_dtypes[s] for s in tape.shared_slots]
         shapes = [plan.shapes[s] for s in tape.input_slots] + [plan.shapes[s] for s in tape.shared_slots]
-        prog = get_program(src, consts, shapes, in_dt + sh_dt, len(tape.output_slots), background=background,
-                           only_if_cached=only_if_cached, workspace=ws)
+        try:
+            prog = get_program(src, consts, shapes, in_dt + sh_dt, len(tape.output_slots), background=background,
+                               only_if_cached=only_if_cached, workspace=ws)
+        except Exception as e:  # noqa: BLE001 - a compile error (raised when compiled here)
+            if serial or not _is_parallel(src):
+                raise
+            engine.program_error = e
+            return cls.make(engine, plan, background, only_if_cached, serial=True)
         if prog is None:
             return None
         res = list(tape.output_slots) + list(tape.update_slots)
         scalar = [engine.slot_dtypes[s] if tuple(plan.shapes[s]) == () else None for s in res]
         return cls(prog, in_dt, sh_dt, len(tape.output_slots), shapes[:len(in_dt)], scalar)
+
+    @property
+    def parallel(self):
+        return _is_parallel(self.program.source)
 
     @property
     def error(self):
@@ -280,6 +295,24 @@ def _program_after(default=3):
 PROGRAM_AFTER_USES = _program_after()  # None: tier "auto" never compiles programs
 
 
+def _is_parallel(source):
+    return ", parallel=True)" in source
+
+
+def _serial_instead(engine, key, plan, prog, background):
+    """``prog`` failed to compile: a program with parallel loops is made again without them (compiled in the
+    background when ``background``); otherwise, or when that fails too, the signature has no program."""
+    engine.program_error = prog.error
+    new = False
+    if prog.parallel:
+        new = EngineProgram.make(engine, plan, background=background, serial=True) or False
+        if new is not False and new.error is not None:
+            engine.program_error = new.error
+            new = False
+    engine._programs[key] = new
+    return new
+
+
 def engine_program(engine, key, plan):
     """The ready whole-tape program of ``engine``'s signature ``key`` (tier "program": compiled now; "auto":
     after PROGRAM_AFTER_USES calls, in the background, or from the first call when an earlier process left it
@@ -307,14 +340,15 @@ def engine_program(engine, key, plan):
         else:
             prog = engine._programs[key] = EngineProgram.make(engine, plan, background=auto) or False
             if prog is not False and prog.error is not None:
-                engine.program_error = prog.error
-                prog = engine._programs[key] = False
+                prog = _serial_instead(engine, key, plan, prog, auto)
     if prog is False:
         return None
     if not prog.ready():
         if prog.failed():
-            engine.program_error = prog.error
-            engine._programs[key] = False
+            prog = _serial_instead(engine, key, plan, prog, True)
+            if prog is not False and prog.ready():
+                engine.fast = prog
+                return prog
         return None
     engine.fast = prog
     return prog

@@ -169,3 +169,33 @@ def test_parallel_program_is_safe_for_threads_fork_and_njit_callers():
         print(parallel_info())
         """, NUMBA_NUM_THREADS="2")
     assert out.strip().endswith("(2, 'tbb')")
+
+
+@pytest.mark.parametrize("tier", ["program", None])
+def test_a_parallel_program_that_fails_to_compile_is_made_serial(two_threads, monkeypatch, tier):
+    from tapegrad.compile import program as P
+
+    monkeypatch.setattr(P, "PROGRAM_AFTER_USES", 3)  # the library default (the suite sets "never")
+    build = P.Program._build
+
+    def parfor_bug(self, fn):
+        if "parallel=True" in self.source:
+            raise RuntimeError("simulated parfor lowering error")
+        return build(self, fn)
+
+    monkeypatch.setattr(P.Program, "_build", parfor_bug)
+    x = tg.dvector("x")
+    c = tg.sum(tg.exp(x) * tg.cos(x / 3.0))  # a tape no other test compiles: the failure is not cached
+    xv = RNG.standard_normal(N)
+    ref = tg.function([x], [c, tg.grad(c, x)], device="python")(xv)
+    f = tg.function([x], [c, tg.grad(c, x)], tier=tier)
+    for _ in range(5):
+        out = f(xv)
+    (prog,) = f._engine._programs.values()
+    prog.program.wait()
+    out = f(xv)
+    assert prog.ready() and "prange(" not in prog.program.source
+    assert "simulated parfor lowering error" in str(f._engine.program_error)
+    assert f._engine.fast is prog
+    for a, b in zip(out, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
