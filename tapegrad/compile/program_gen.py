@@ -16,7 +16,7 @@ from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_M
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
-from tapegrad.compile.threads import PAR_MIN, program_threads
+from tapegrad.compile.threads import EXPENSIVE, PAR_MIN, PAR_WORK, program_threads
 from tapegrad.ops.elemwise import _IMPLS
 from tapegrad.registry import name_of
 
@@ -552,7 +552,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
             elif e[0] == "write":
                 op_strides.append(list(e[3]))
         loop = _Loop(shape, op_strides)
-        loop.par = self._par_chunks(G, loop)
+        loop.par = self._par_chunks(G, loop, members, ext)
         # writes into one buffer at different windows (x[:-1] and x[1:] of an adjoint): a loop that
         # read-modify-writes overlapping windows carries a dependence and cannot be vectorised, so every
         # window but the first is stored to a contiguous temporary and added in a second, simple loop
@@ -626,15 +626,21 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
 
-    def _par_chunks(self, G, loop):
-        """Chunks (one per thread) for the group's loop to run in parallel, or 0.  Only top-level loops of at
-        least ``PAR_MIN`` elements, split along an axis on which no two iterations write the same element:
+    def _par_chunks(self, G, loop, members, ext):
+        """Chunks (one per thread) for the group's loop to run in parallel, or 0.  Only top-level loops whose
+        work (elements times operations, see :mod:`~tapegrad.compile.threads`) reaches ``PAR_WORK``, split
+        along an axis on which no two iterations write the same element:
         every write must move along every loop axis (no broadcast store), no buffer is assigned at two windows,
         and an in-loop partial sum (the bias gradient: a sum over rows) keeps the split axis; scalar sums
         become ``prange`` reductions.  Sets
         ``loop.par_dim``, the split axis of a loop nest."""
         size = int(np.prod(loop.shape, dtype=np.int64))
         if self.threads < 2 or self.prefix or size < PAR_MIN or not loop.dims:
+            return 0
+        per = len(ext) + len(G["epi"]) + sum(
+            (m.n_terms * 2 if m.kind == "dot" else 1) + (10 if m.kind == "ew" and m.spec.name in EXPENSIVE else 0)
+            for m in members)
+        if size * per < PAR_WORK:
             return 0
         writes = [e for e in G["epi"] if e[0] == "write"]
         if any(any(e[3][d] == 0 for d in loop.dims) for e in writes):
@@ -779,7 +785,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
                 if assign:
                     self.emit(f"    {buf}[{a}:{b}] = 0")
                 continue
-            if loop.par and b - a >= PAR_MIN:
+            if loop.par and (b - a) * 8 >= m:  # the long segments (the edges of the windows stay serial)
                 ind = par_range(self.emit, "    ", "p", a, b, loop.par)
             else:
                 self.emit(f"    for p in range({a}, {b}):")

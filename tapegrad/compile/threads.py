@@ -1,6 +1,6 @@
 """Whether generated programs run their big loops on several threads, and on which Numba threading layer.
 
-A program's fused loops over at least :data:`PAR_MIN` elements become ``prange`` loops over one chunk per
+A program's fused loops with enough work (:data:`PAR_WORK`) become ``prange`` loops over one chunk per
 thread (:mod:`tapegrad.compile.program_gen`) when :func:`program_threads` is above 1.  That needs a
 threading layer that is safe both for concurrent calls (a function called from several Python threads,
 dask's threaded workers) and for ``fork`` (``multiprocessing``'s default start method on Linux):
@@ -26,9 +26,18 @@ import os
 import sys
 import threading
 
-# elements: a loop this long pays for a parallel region (about 5 us to launch) on 2 cores; the variable is for
-# tests that send every loop through prange
-PAR_MIN = int(os.environ.get("TAPEGRAD_PAR_MIN", 1 << 15))
+# A loop runs in parallel when its elements times its cost per element (1 per operation, load and store, 10
+# more per libm-class function) reaches PAR_WORK.  Launching a region on tbb costs about 8 us, and on two
+# cores a value+grad of sum(x * x) (cost 6 per element) was 1.10x slower in parallel at 65,536 elements and
+# 0.65x at 262,144; one of sum(tanh(x) * exp(-x * x)) (cost about 40) was 0.80x at 4,096 and 0.53x at
+# 16,384 (perf/parallel_crossover.py; perf/results/parallel-crossover-2026-11-27.txt).  TAPEGRAD_PAR_WORK=1
+# sends every loop of at least PAR_MIN elements through prange, for tests.
+PAR_WORK = int(os.environ.get("TAPEGRAD_PAR_WORK", 1 << 19))
+PAR_MIN = 2  # elements: a loop shorter than this has nothing to split
+EXPENSIVE = frozenset({
+    "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctan2", "arctanh", "cos", "cosh", "erf", "erfc", "exp",
+    "exp2", "expm1", "gammaln", "hypot", "log", "log10", "log1p", "log2", "pow", "psi", "sigmoid", "sin", "sinh",
+    "softplus", "tan", "tanh", "trigamma"})
 _SAFE_NAMED = ("tbb", "omp", "threadsafe", "safe", "forksafe")
 _LOCK = threading.Lock()
 _DECIDED = None  # (threads, layer or reason), once decided

@@ -1,7 +1,7 @@
 """Parallel loops in the program tier (:mod:`tapegrad.compile.threads`).
 
 With more than one Numba thread and a safe threading layer (tbb, from the ``parallel`` extra, which the
-``test`` extra installs), a top-level fused loop over at least ``PAR_MIN`` elements runs as a ``prange``
+``test`` extra installs), a top-level fused loop with enough work (``PAR_WORK``) runs as a ``prange``
 over one chunk per thread, its indices marked non-negative (``nn``) so each chunk still vectorises.  These
 tests check which loops go parallel, that the values match the python engine, and that the layer chosen
 is safe for concurrent calls from Python threads and for ``fork``.
@@ -21,7 +21,7 @@ import tapegrad as tg
 from tapegrad.compile import program_gen, threads
 
 RNG = np.random.default_rng(11)
-N = threads.PAR_MIN + 4321
+N = 70001  # elements: work above PAR_WORK for every loop below
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -79,7 +79,7 @@ def test_two_dimensional_loop_with_a_bias_gradient_splits_along_the_columns(two_
     X, Y, b = tg.dmatrix("X"), tg.dmatrix("Y"), tg.dvector("b")
     H = tg.tanh(X + b)
     c = tg.sum((H - Y) ** 2)
-    rows, cols = 300, threads.PAR_MIN // 300 + 7
+    rows, cols = 300, 241
     args = [RNG.standard_normal((rows, cols)), RNG.standard_normal((rows, cols)), RNG.standard_normal(cols)]
     src = _run([X, Y, b], [c, *tg.grad(c, [X, b])], args)
     assert "prange(" in src
@@ -89,16 +89,19 @@ def test_two_dimensional_loop_with_a_bias_gradient_splits_along_the_columns(two_
 
 def test_partial_sums_split_another_axis_small_loops_and_one_thread_stay_serial(two_threads, monkeypatch):
     X = tg.dmatrix("X")
-    big = RNG.standard_normal((400, threads.PAR_MIN // 400 + 1))
+    big = RNG.standard_normal((400, 200))
     # a sum over axis 0 accumulates into a row: the loop splits along the columns instead
     src = _run([X], [tg.sum(tg.exp(X), axis=0)], [big])
-    assert "for i1 in range(cq * 41, min(cq * 41 + 41, 82)):" in src
+    assert "for i1 in range(cq * 100, min(cq * 100 + 100, 200)):" in src
     # sums over both axes in one loop: every axis has iterations that share an element of one of them
     src = _run([X], [tg.sum(tg.exp(X), axis=0), tg.sum(tg.exp(X), axis=1)], [big])
     assert "prange(" not in src and "parallel=True" not in src
     x = tg.dvector("x")
-    src = _run([x], [tg.exp(x) * 2.0], [RNG.standard_normal(threads.PAR_MIN - 1)])
+    n_small = threads.PAR_WORK // 40  # a loop of a few operations per element: too little work to split
+    src = _run([x], [tg.exp(x) * 2.0], [RNG.standard_normal(n_small)])
     assert "prange(" not in src
+    src = _run([x], [tg.tanh(tg.exp(x) * tg.sin(x)) + tg.cos(x)], [RNG.standard_normal(n_small)])  # 4 functions
+    assert "prange(" in src
     monkeypatch.setattr(program_gen, "program_threads", lambda: 1)
     src = _run([x], [tg.exp(x) * 3.0], [RNG.standard_normal(N)])
     assert "prange(" not in src
