@@ -627,13 +627,12 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
 
     def _par_chunks(self, G, loop, members, ext):
-        """Chunks (one per thread) for the group's loop to run in parallel, or 0.  Only top-level loops whose
-        work (elements times operations, see :mod:`~tapegrad.compile.threads`) reaches ``PAR_WORK``, split
-        along an axis on which no two iterations write the same element:
-        every write must move along every loop axis (no broadcast store), no buffer is assigned at two windows,
-        and an in-loop partial sum (the bias gradient: a sum over rows) keeps the split axis; scalar sums
-        become ``prange`` reductions.  Sets
-        ``loop.par_dim``, the split axis of a loop nest."""
+        """Chunks (one per thread) for the group's loop to run in parallel, or 0; sets ``loop.par_dim``, the
+        split axis of a loop nest.  Only top-level loops whose work (elements times operations, see
+        :mod:`~tapegrad.compile.threads`) reaches ``PAR_WORK``, split along an axis on which no two iterations
+        write the same element: every write moves along every loop axis (no broadcast store), no buffer is
+        assigned at two windows, and an in-loop partial sum (the bias gradient: a sum over rows) keeps the
+        split axis.  Scalar sums become ``prange`` reductions."""
         size = int(np.prod(loop.shape, dtype=np.int64))
         if self.threads < 2 or self.prefix or size < PAR_MIN or not loop.dims:
             return 0
