@@ -7,7 +7,9 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 
 DASK = "dask[distributed]"
-TBB = "tbb>=2021.6"  # numba's fork- and thread-safe threading layer: parallel loops in generated programs
+# numba's fork- and thread-safe threading layer, for the parallel loops of generated programs: wheels for
+# x86-64 only (elsewhere the programs stay serial, and the tests of the parallel loops skip)
+TBB = "tbb>=2021.6; platform_machine == 'x86_64' or platform_machine == 'AMD64'"
 extras = {
     "parallel": [TBB],
     "cuda": ["numba-cuda"],
