@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 # the shared row checkers of tests/ops/ get pytest's assertion messages too
-pytest.register_assert_rewrite("tests.ops.checks")
+pytest.register_assert_rewrite("tests.ops.checks", "tests.compile.program_checks")
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))

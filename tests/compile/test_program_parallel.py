@@ -20,6 +20,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad.compile import program_gen, threads
+from tests.compile.program_checks import run_program
 
 RNG = np.random.default_rng(11)
 N = 70001  # elements: work above PAR_WORK for every loop below
@@ -44,25 +45,6 @@ def two_threads(monkeypatch):
     monkeypatch.setattr(program_gen, "program_threads", lambda: 2)
 
 
-def _source(f):
-    (prog,) = f._engine._programs.values()
-    assert prog is not False, f._engine.program_error
-    return prog.program.source
-
-
-def _run(ins, outs, args, dtype="float64"):
-    ref = tg.function(ins, outs, device="python")(*args)
-    f = tg.function(ins, outs, device="cpu", tier="program")
-    got = f(*args)
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for g, r in zip(got, ref):
-        g, r = np.asarray(g), np.asarray(r)
-        assert g.dtype == r.dtype and g.shape == r.shape
-        scale = float(np.abs(r[np.isfinite(r)]).max(initial=1.0))
-        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * scale, equal_nan=True)
-    return _source(f)
-
-
 def _rosen(x):
     return tg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
@@ -71,7 +53,7 @@ def _rosen(x):
 def test_flat_loop_with_a_sum_runs_in_parallel(two_threads, dtype):
     x = tg.vector("x", dtype=dtype)
     c = tg.sum(tg.exp(-x * x) * tg.sin(x))
-    src = _run([x], [c, tg.grad(c, x)], [RNG.standard_normal(N).astype(dtype)], dtype)
+    src = run_program([x], [c, tg.grad(c, x)], [RNG.standard_normal(N).astype(dtype)], dtype)
     assert "for cq in prange(2):" in src and "parallel=True" in src
     assert "nn(" in src
 
@@ -80,9 +62,9 @@ def test_rosenbrock_grad_and_hvp_windows_run_in_parallel(two_threads):
     x, v = tg.dvector("x"), tg.dvector("v")
     c = _rosen(x)
     xv, vv = RNG.uniform(-1.5, 1.5, N), RNG.standard_normal(N)
-    src = _run([x], [c, tg.grad(c, x)], [xv])
+    src = run_program([x], [c, tg.grad(c, x)], [xv])
     assert src.count("prange(") == 1  # the middle segment; the one-element edges stay serial
-    src = _run([x, v], [tg.hessian_vector_product(c, x, v)], [xv, vv])
+    src = run_program([x, v], [tg.hessian_vector_product(c, x, v)], [xv, vv])
     assert "prange(" in src
 
 
@@ -92,7 +74,7 @@ def test_two_dimensional_loop_with_a_bias_gradient_splits_along_the_columns(two_
     c = tg.sum((H - Y) ** 2)
     rows, cols = 300, 241
     args = [RNG.standard_normal((rows, cols)), RNG.standard_normal((rows, cols)), RNG.standard_normal(cols)]
-    src = _run([X, Y, b], [c, *tg.grad(c, [X, b])], args)
+    src = run_program([X, Y, b], [c, *tg.grad(c, [X, b])], args)
     assert "prange(" in src
     half = -(-cols // 2)  # split along the columns: the bias gradient sums over the rows
     assert f"for i1 in range(cq * {half}, min(cq * {half} + {half}, {cols})):" in src
@@ -102,19 +84,19 @@ def test_partial_sums_split_another_axis_small_loops_and_one_thread_stay_serial(
     X = tg.dmatrix("X")
     big = RNG.standard_normal((400, 200))
     # a sum over axis 0 accumulates into a row: the loop splits along the columns instead
-    src = _run([X], [tg.sum(tg.exp(X), axis=0)], [big])
+    src = run_program([X], [tg.sum(tg.exp(X), axis=0)], [big])
     assert "for i1 in range(cq * 100, min(cq * 100 + 100, 200)):" in src
     # sums over both axes in one loop: every axis has iterations that share an element of one of them
-    src = _run([X], [tg.sum(tg.exp(X), axis=0), tg.sum(tg.exp(X), axis=1)], [big])
+    src = run_program([X], [tg.sum(tg.exp(X), axis=0), tg.sum(tg.exp(X), axis=1)], [big])
     assert "prange(" not in src and "parallel=True" not in src
     x = tg.dvector("x")
     n_small = threads.PAR_WORK // 40  # a loop of a few operations per element: too little work to split
-    src = _run([x], [tg.exp(x) * 2.0], [RNG.standard_normal(n_small)])
+    src = run_program([x], [tg.exp(x) * 2.0], [RNG.standard_normal(n_small)])
     assert "prange(" not in src
-    src = _run([x], [tg.tanh(tg.exp(x) * tg.sin(x)) + tg.cos(x)], [RNG.standard_normal(n_small)])  # 4 functions
+    src = run_program([x], [tg.tanh(tg.exp(x) * tg.sin(x)) + tg.cos(x)], [RNG.standard_normal(n_small)])  # 4 functions
     assert "prange(" in src
     monkeypatch.setattr(program_gen, "program_threads", lambda: 1)
-    src = _run([x], [tg.exp(x) * 3.0], [RNG.standard_normal(N)])
+    src = run_program([x], [tg.exp(x) * 3.0], [RNG.standard_normal(N)])
     assert "prange(" not in src
 
 

@@ -14,27 +14,9 @@ import pytest
 
 import tapegrad as tg
 from tapegrad.compile import program_ir
+from tests.compile.program_checks import run_program
 
 RNG = np.random.default_rng(5)
-
-
-def _source(f):
-    (prog,) = f._engine._programs.values()
-    assert prog is not False, f._engine.program_error
-    return prog.program.source
-
-
-def _run(ins, outs, args, dtype="float64"):
-    ref = tg.function(ins, outs, device="python")(*args)
-    f = tg.function(ins, outs, device="cpu", tier="program")
-    got = f(*args)
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for g, r in zip(got, ref):
-        assert np.asarray(g).dtype == np.asarray(r).dtype and np.shape(g) == np.shape(r)
-        r = np.asarray(r)
-        scale = float(np.abs(r[np.isfinite(r)]).max(initial=1.0))
-        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * scale, equal_nan=True)
-    return _source(f)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -43,7 +25,7 @@ def test_short_contraction_is_a_group_member(dtype, k):
     A, B, C = tg.matrix("A", dtype=dtype), tg.matrix("B", dtype=dtype), tg.matrix("C", dtype=dtype)
     out = tg.tanh(tg.dot(A, B)) * C
     args = [RNG.standard_normal(s).astype(dtype) for s in [(40, k), (k, 64), (40, 64)]]
-    src = _run([A, B, C], [out], args, dtype)
+    src = run_program([A, B, C], [out], args, dtype)
     assert "np.dot(" not in src
     assert src.count(" * ") >= k  # the k products, summed in the loop
 
@@ -51,16 +33,16 @@ def test_short_contraction_is_a_group_member(dtype, k):
 def test_longer_contraction_or_small_output_stays_on_blas():
     A, B = tg.dmatrix("A"), tg.dmatrix("B")
     k = program_ir.THIN_K + 1
-    src = _run([A, B], [tg.exp(tg.dot(A, B))], [RNG.standard_normal((40, k)), RNG.standard_normal((k, 64))])
+    src = run_program([A, B], [tg.exp(tg.dot(A, B))], [RNG.standard_normal((40, k)), RNG.standard_normal((k, 64))])
     assert "np.dot(" in src
-    src = _run([A, B], [tg.exp(tg.dot(A, B))], [RNG.standard_normal((10, 2)), RNG.standard_normal((2, 50))])
+    src = run_program([A, B], [tg.exp(tg.dot(A, B))], [RNG.standard_normal((10, 2)), RNG.standard_normal((2, 50))])
     assert "np.dot(" in src  # 500 elements: below THIN_MIN
 
 
 def test_transposed_right_operand_is_copied_once_to_unit_stride():
     A, W = tg.dmatrix("A"), tg.dmatrix("W")
     out = tg.dot(A, W.T) + 1.0
-    src = _run([A, W], [out], [RNG.standard_normal((64, 5)), RNG.standard_normal((32, 5))])
+    src = run_program([A, W], [out], [RNG.standard_normal((64, 5)), RNG.standard_normal((32, 5))])
     assert "np.dot(" not in src and "for q0 in range(5):" in src
 
 
@@ -68,7 +50,7 @@ def test_the_product_itself_as_a_result_and_with_non_finite_values():
     A, B = tg.dmatrix("A"), tg.dmatrix("B")
     a, b = RNG.standard_normal((50, 4)), RNG.standard_normal((4, 30))
     a[3, 1], a[7, 2], b[0, 5], b[2, 9] = np.inf, np.nan, -np.inf, 0.0
-    src = _run([A, B], [tg.dot(A, B), tg.sum(tg.dot(A, B), axis=0)], [a, b])
+    src = run_program([A, B], [tg.dot(A, B), tg.sum(tg.dot(A, B), axis=0)], [a, b])
     assert "np.dot(" not in src
 
 
@@ -78,6 +60,6 @@ def test_mlp_gradient_through_einsum_matches_python_engine():
     loss = tg.sum((tg.dot(H, W2) - Y) ** 2)
     args = [RNG.standard_normal((96, 16)), RNG.standard_normal((96, 3)), RNG.standard_normal((16, 32)) / 4,
             RNG.standard_normal((32, 3)) / 4]
-    src = _run([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args)
+    src = run_program([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args)
     # dP @ W2.T (3 terms, 96 x 32) is a member; the products with long contractions stay on BLAS
     assert src.count("np.dot(") == 3 and "for q0 in range(3):" in src
