@@ -18,14 +18,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import tapegrad as tg  # noqa: E402
-from tapegrad.compile import program_gen, threads  # noqa: E402
+from tapegrad.compile import program_gen, program_ir, threads  # noqa: E402
 
 SIZES = (4096, 16384, 65536, 262144, 1048576)
 
 
 def build(n_threads, n, kind):
     program_gen.program_threads = lambda: n_threads
-    program_gen.PAR_WORK = 1
+    program_ir.PAR_WORK = 1
     x = tg.dvector("x")
     c = tg.sum(x * x) if kind == "cheap" else tg.sum(tg.tanh(x) * tg.exp(-x * x))
     f = tg.function([x], [c, tg.grad(c, x)], tier="program")

@@ -12,11 +12,12 @@ import numpy as np
 from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
 from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
                                          _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
-                                         _read_strides, _sum_like_strides, par_range, place_workspace)
+                                         _read_strides, _sum_like_strides, par_chunks, par_range,
+                                         place_workspace)
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
-from tapegrad.compile.threads import EXPENSIVE, PAR_MIN, PAR_WORK, program_threads
+from tapegrad.compile.threads import program_threads
 from tapegrad.ops.elemwise import _IMPLS
 from tapegrad.registry import name_of
 
@@ -552,7 +553,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
             elif e[0] == "write":
                 op_strides.append(list(e[3]))
         loop = _Loop(shape, op_strides)
-        loop.par = self._par_chunks(G, loop, members, ext)
+        loop.par = 0 if self.prefix else par_chunks(self.threads, G, loop, members, ext)  # (not in loop bodies)
         # writes into one buffer at different windows (x[:-1] and x[1:] of an adjoint): a loop that
         # read-modify-writes overlapping windows carries a dependence and cannot be vectorised, so every
         # window but the first is stored to a contiguous temporary and added in a second, simple loop
@@ -625,36 +626,6 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
                 _, buf, x, ws, dt, scale, _o = e
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
-
-    def _par_chunks(self, G, loop, members, ext):
-        """Chunks (one per thread) for the group's loop to run in parallel, or 0; sets ``loop.par_dim``, the
-        split axis of a loop nest.  Only top-level loops whose work (elements times operations, see
-        :mod:`~tapegrad.compile.threads`) reaches ``PAR_WORK``, split along an axis on which no two iterations
-        write the same element: every write moves along every loop axis (no broadcast store), no buffer is
-        assigned at two windows, and an in-loop partial sum (the bias gradient: a sum over rows) keeps the
-        split axis.  Scalar sums become ``prange`` reductions."""
-        size = int(np.prod(loop.shape, dtype=np.int64))
-        if self.threads < 2 or self.prefix or size < PAR_MIN or not loop.dims:
-            return 0
-        per = len(ext) + len(G["epi"]) + sum(
-            (m.n_terms * 2 if m.kind == "dot" else 1) + (10 if m.kind == "ew" and m.spec.name in EXPENSIVE else 0)
-            for m in members)
-        if size * per < PAR_WORK:
-            return 0
-        writes = [e for e in G["epi"] if e[0] == "write"]
-        if any(any(e[3][d] == 0 for d in loop.dims) for e in writes):
-            return 0
-        # assignments into one buffer at two windows: where they overlap, the later iteration's value wins
-        if any(e[5] != "+=" and any(f[1] == e[1] and f[2:4] != e[2:4] for f in writes) for e in writes):
-            return 0
-        sums = [e[3] for e in G["epi"] if e[0] == "sum"]
-        if loop.flat:
-            return 0 if sums else min(self.threads, size)
-        for d in loop.dims:  # outermost first: the longest contiguous runs per chunk
-            if loop.shape[d] >= 2 and all(ws[d] != 0 for ws in sums):
-                loop.par_dim = d
-                return min(self.threads, loop.shape[d])
-        return 0
 
     def _emit_primary(self, ind, loop, G, tn, outs):
         """Emit, at the loop's position, the stores of the group's outputs and its in-loop reductions; returns

@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from tapegrad.compile.kernels.steps import row_major
+from tapegrad.compile.threads import EXPENSIVE, PAR_MIN, PAR_WORK
 
 PROGRAM_VERSION = 1
 MAX_INSTRUCTIONS = 300  # numba compile time grows faster than the tape (625 instructions: 136 s): bigger tapes stay on tiers 0/1
@@ -119,13 +120,18 @@ def _read_strides(loc, shape):
     return st
 
 
+def _chunk_range(lo, hi, chunks):
+    """``range(...)`` source of chunk ``cq`` of ``chunks`` contiguous chunks of ``range(lo, hi)``."""
+    ch = -(-(hi - lo) // chunks)
+    start = f"{lo} + cq * {ch}" if lo else f"cq * {ch}"
+    return f"range({start}, min({start} + {ch}, {hi}))"
+
+
 def par_range(emit, ind, var, lo, hi, chunks):
     """Emit ``for <var> in range(lo, hi)`` split into ``chunks`` contiguous chunks run by ``prange``; returns
     the body indentation.  The body must index through :func:`~tapegrad.compile.vmath.nn` (see there)."""
-    ch = -(-(hi - lo) // chunks)
-    start = f"{lo} + cq * {ch}" if lo else f"cq * {ch}"
     emit(f"{ind}for cq in prange({chunks}):")
-    emit(f"{ind}    for {var} in range({start}, min({start} + {ch}, {hi})):")
+    emit(f"{ind}    for {var} in {_chunk_range(lo, hi, chunks)}:")
     return ind + "        "
 
 
@@ -152,15 +158,11 @@ class _Loop:
             emit(f"{ind}for i in range({n}):")
             return ind + "    "
         if self.par:
-            d = self.par_dim
-            ch = -(-self.shape[d] // self.par)
             emit(f"{ind}for cq in prange({self.par}):")
             ind += "    "
         for d in self.dims:
-            if self.par and d == self.par_dim:
-                emit(f"{ind}for i{d} in range(cq * {ch}, min(cq * {ch} + {ch}, {self.shape[d]})):")
-            else:
-                emit(f"{ind}for i{d} in range({self.shape[d]}):")
+            split = self.par and d == self.par_dim
+            emit(f"{ind}for i{d} in {_chunk_range(0, self.shape[d], self.par) if split else f'range({self.shape[d]})'}:")
             ind += "    "
         return ind
 
@@ -179,6 +181,37 @@ class _Loop:
     def out_index(self):
         """Flat row-major index of the loop position (the index of a fresh output buffer)."""
         return self.index(0, row_major(self.shape))
+
+
+def par_chunks(threads, G, loop, members, ext):
+    """Chunks (one per thread) for fused group ``G``'s top-level ``loop`` to run in parallel, or 0; sets
+    ``loop.par_dim``, the split axis of a loop nest.  Only loops whose work (elements times operations, see
+    :mod:`~tapegrad.compile.threads`) reaches ``PAR_WORK``, split along an axis on which no two iterations
+    write the same element: every write moves along every loop axis (no broadcast store), no buffer is
+    assigned at two windows, and an in-loop partial sum (the bias gradient: a sum over rows) keeps the split
+    axis.  Scalar sums become ``prange`` reductions."""
+    size = int(np.prod(loop.shape, dtype=np.int64))
+    if threads < 2 or size < PAR_MIN or not loop.dims:
+        return 0
+    per = len(ext) + len(G["epi"]) + sum(
+        (m.n_terms * 2 if m.kind == "dot" else 1) + (10 if m.kind == "ew" and m.spec.name in EXPENSIVE else 0)
+        for m in members)
+    if size * per < PAR_WORK:
+        return 0
+    writes = [e for e in G["epi"] if e[0] == "write"]
+    if any(any(e[3][d] == 0 for d in loop.dims) for e in writes):
+        return 0
+    # assignments into one buffer at two windows: where they overlap, the later iteration's value wins
+    if any(e[5] != "+=" and any(f[1] == e[1] and f[2:4] != e[2:4] for f in writes) for e in writes):
+        return 0
+    sums = [e[3] for e in G["epi"] if e[0] == "sum"]
+    if loop.flat:
+        return 0 if sums else min(threads, size)
+    for d in loop.dims:  # outermost first: the longest contiguous runs per chunk
+        if loop.shape[d] >= 2 and all(ws[d] != 0 for ws in sums):
+            loop.par_dim = d
+            return min(threads, loop.shape[d])
+    return 0
 
 
 def _nest_index(dims, shape, var="i"):
