@@ -344,11 +344,10 @@ def engine_program(engine, key, plan):
     if prog is False:
         return None
     if not prog.ready():
-        if prog.failed():
-            prog = _serial_instead(engine, key, plan, prog, True)
-            if prog is not False and prog.ready():
-                engine.fast = prog
-                return prog
-        return None
+        if not prog.failed():
+            return None
+        prog = _serial_instead(engine, key, plan, prog, True)
+        if prog is False or not prog.ready():
+            return None
     engine.fast = prog
     return prog
