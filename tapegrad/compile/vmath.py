@@ -16,7 +16,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from tapegrad.compile.kernels import scalar as _scalar
 
@@ -83,9 +83,38 @@ def nn(typingctx, x):
     return x(x), codegen
 
 
-# the absolute-zero multiply of kernels/scalar.py (``0 * inf = 0``), the same Python function compiled to be
-# inlined in Numba's IR, so that it vectorises inside big generated functions too
-v_azmul = njit(error_model="numpy", inline="always")(_scalar.s_azmul.py_func)
+@intrinsic
+def _azmul_select(typingctx, a, b):
+    """``a * b``, or ``+0`` where ``a == 0``, for two floats of one type, as ``select(a != 0, a * b, 0)``.
+    With AVX-512 that is a compare and a zero-masked multiply; the Python form in kernels/scalar.py
+    (``a - a`` where ``a == 0``) needs a compare, a multiply and a masked subtract, since LLVM cannot see that
+    ``a - a`` is ``+0`` there.  Same bits: ``a - a`` is ``+0`` for ``a = +-0``, and ``a != 0`` is true for NaN."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x, y = args
+        zero = ir.Constant(x.type, 0.0)
+        return builder.select(builder.fcmp_unordered("!=", x, zero), builder.fmul(x, y), zero)
+
+    return a(a, b), codegen
+
+
+_azmul_generic = njit(error_model="numpy", inline="always")(_scalar.s_azmul.py_func)
+
+
+def v_azmul(a, b):
+    """The absolute-zero multiply of kernels/scalar.py (``0 * inf = 0``) for generated loops: inlined in
+    Numba's IR, so that it vectorises inside big generated functions too, and a select of ``+0`` for two
+    floats of one type (:func:`_azmul_select`)."""
+    return _scalar.s_azmul.py_func(a, b)
+
+
+@overload(v_azmul, inline="always", jit_options={"error_model": "numpy"})
+def _v_azmul_overload(a, b):
+    if isinstance(a, types.Float) and a == b:
+        return lambda a, b: _azmul_select(a, b)
+    return lambda a, b: _azmul_generic(a, b)
 
 
 s_tanh = v_tanh

@@ -463,3 +463,26 @@ def test_azmul_with_a_literal_operand_is_a_product_and_keeps_zero_times_inf():
     gy = tg.Lop(x * y, y, tg.zeros_like(x))  # azmul(0, x) at x = inf: 0, not NaN
     f = _run([x, y], [g, gy, 2.0 * x], np.array([np.inf, 1.0, 0.0]), np.array([2.0, np.inf, 3.0]))
     assert np.all(np.isfinite(f(np.array([np.inf, 1.0, 0.0]), np.array([2.0, np.inf, 3.0]))[1]))
+
+
+def test_vectorised_azmul_has_the_bits_of_the_interpreters():
+    """vmath's azmul (a select of +0 for two floats of one type, a generic inlined copy otherwise) gives the
+    bits of kernels/scalar.py's: NaN where a != 0 and the product is NaN, +0 where a is +-0, whatever b is."""
+    import itertools
+
+    from numba import njit
+
+    from tapegrad.compile.kernels.scalar import s_azmul
+    from tapegrad.compile.vmath import v_azmul
+
+    f = njit(error_model="numpy")(lambda a, b: v_azmul(a, b))
+    vals = [0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan, 5e-324, 1e300]
+    for dt in (np.float64, np.float32):
+        with np.errstate(over="ignore"):
+            cases = [(dt(a), dt(b)) for a, b in itertools.product(vals, vals)]
+        for a, b in cases:
+            got, want = f(a, b), s_azmul(a, b)
+            assert np.asarray(got).dtype == np.asarray(want).dtype
+            assert np.array_equal(got, want, equal_nan=True) and np.signbit(got) == np.signbit(want), (a, b, got, want)
+    assert f(-0.0, -np.inf) == 0.0 and not np.signbit(f(-0.0, -np.inf))
+    assert f(np.float32(2), 3.0) == 6.0 and f(3, 4) == 12 and f(True, 2.5) == 2.5
