@@ -451,6 +451,14 @@ def _r_scan_axis(vec, node, ins):
     return [_b(op(x))]
 
 
+def _r_linrec(vec, node, ins):
+    """The recurrence along its axis (one further in); an unbatched operand is repeated along the batch."""
+    (a, ab), (b, bb) = ins
+    op = copy.copy(node.op)
+    op.axis = op.axis + 1 if op.axis >= 0 else op.axis
+    return [_b(op(vec.as_batched(a, ab), vec.as_batched(b, bb)))]
+
+
 def _r_axes_tuple(vec, node, ins):
     (x, _), = ins
     nd = node.inputs[0].ndim
@@ -522,6 +530,7 @@ def _rules():
             (alloc.TileSum, _r_tile_sum),
             (alloc.SpecifyShape, _r_specify_shape),
             ((cumulative.CumSum, cumulative.CumProd), _r_scan_axis),
+            (cumulative.LinRec, _r_linrec),
             ((nn._Normalized, nn.SumBroadcast), _r_axes_tuple),
             (cumulative.Ravel, _r_ravel),
             (shape.Shape, _r_shape),

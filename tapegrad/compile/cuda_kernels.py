@@ -357,6 +357,20 @@ def scan(nlines, out, x, n, inner, rev, prod, init):
             else:
                 acc = acc + x[p]
             out[p] = acc
+def linrec(nlines, out, a, b, n, inner, rev):
+    for i in range(cuda.grid(1), nlines, cuda.gridsize(1)):
+        o = i // inner
+        r = i - o * inner
+        base = o * n * inner + r
+        for t in range(n):
+            tt = n - 1 - t if rev else t
+            p = base + tt * inner
+            if t == 0:
+                out[p] = b[p]
+            else:
+                q = p + inner if rev else p - inner
+                s = out[q]
+                out[p] = b[p] + (s - s if s == 0 else s * a[q if rev else p])
 '''
 _MISC = {}
 

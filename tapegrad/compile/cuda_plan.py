@@ -232,6 +232,8 @@ class CUDAPlan:
             return self._softmax_step(k, name)
         if name in ("CUMSUM", "CUMPROD"):
             return self._scan_step(k, name)
+        if name == "LINREC":
+            return self._linrec_step(k)
         if name in ("ADVANCED_INC_SUBTENSOR1", "ADVANCED_SCATTER1"):
             return self._advanced_step(k, name)
         if name == "ADVANCED_SUBTENSOR1" and int(tape.instr_args(k)[-1]) not in self.hostval:
@@ -494,6 +496,28 @@ class CUDAPlan:
                 cast(buf)
                 src = tmp
             kern(*a, buf[o], src, n, inner, rev, prod, init)
+
+        return step
+
+    def _linrec_step(self, k):
+        """``s_i = b_i + a_i s_{i-1}`` (reversed: ``b_i + a_{i+1} s_{i+1}``): one thread per line along the axis."""
+        tape = self.tape
+        op = tape.ops[k] if tape.ops else None
+        a, b = (int(v) for v in tape.instr_args(k)[:2])
+        o = int(tape.instr_outs(k)[0])
+        shape = self.shape(o)
+        dt = self.dtypes[o]
+        if op is None or not shape or self.dtypes[a] != dt or self.dtypes[b] != dt or self.n(a) != self.n(o) \
+                or self.n(b) != self.n(o):
+            raise _NoKernel
+        if self.n(o) == 0:
+            return lambda buf: None
+        axis = int(op.axis) % len(shape)
+        n, inner, outer = shape[axis], _size(shape[axis + 1:]), _size(shape[:axis])
+        kern, la = self.launch1(self.K.misc("linrec"), outer * inner)
+
+        def step(buf):
+            kern(*la, buf[o], buf[a], buf[b], n, inner, bool(op.reverse))
 
         return step
 

@@ -247,6 +247,35 @@ class OpTemplates:
     def op_cumprod(self, k, op, args, outs):
         self._cumulative(k, op, args, outs, "*")
 
+    def op_linrec(self, k, op, args, outs):
+        """``s_i = b_i + a_i s_{i-1}`` (``reverse``: ``b_i + a_{i+1} s_{i+1}``) along ``op.axis``, the state's product
+        an absolute-zero multiply: the loop nest of :meth:`_cumulative`, reading the coefficient one step ahead
+        when reversed."""
+        from tapegrad.compile.fused import _convert
+
+        a, b, o = args[0], args[1], outs[0]
+        dt = self.dtypes[o]
+        if dt not in ("float64", "float32"):
+            raise Unsupported(f"linrec into {dt}")
+        shape = self.shapes[o]
+        axis = op.axis % len(shape)
+        buf = self.fresh(o)
+        if not self.loc[o].size:
+            return
+        step = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        loop = _Nest(shape)
+        ind = loop.open(self.emit, reverse=axis if op.reverse else None)
+        at = _nest_index(range(len(shape)), shape)
+        bval = self.read(b, loop, strides=self.strides_for(b, shape), as_dt=dt)
+        la, sa = self.loc[a], self.strides_for(a, shape)
+        aval = la.lit if la.lit is not None else f"{la.buf}[{loop.index(la.off + (sa[axis] if op.reverse else 0), sa)}]"
+        aval = _convert(aval, self.dtypes[a], dt)
+        edge = f"{shape[axis] - 1}" if op.reverse else "0"
+        self.emit(f"{ind}if i{axis} == {edge}:")
+        self.emit(f"{ind}    {buf}[{at}] = {bval}")
+        self.emit(f"{ind}else:")
+        self.emit(f"{ind}    {buf}[{at}] = {bval} + s_azmul({buf}[{at} {'+' if op.reverse else '-'} {step}], {aval})")
+
     def _tile_loops(self, reps, xshape):
         """Open loops ``r<d>, j<d>`` (tile, then position in it) per axis, in C order of the tiled array; returns
         ``(indent, flat index into the tiled array, per-axis index of the tile's element)``."""

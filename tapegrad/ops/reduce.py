@@ -20,9 +20,11 @@ Derivative conventions
   product of the others at the zero and 0 elsewhere; two or more -> 0.  The
   rule is written so that its own derivative (the Hessian) is exact with up
   to two zeros per group.
-* ``cumprod``: first derivatives exact with zeros (the first zero along the
-  axis takes ``sum_{k>=f} g_k prod_{j<=k, j!=f} x_j``, later elements 0);
-  second derivatives are exact where the input has no zero.
+* ``cumprod``: derivatives of every order without division, so exact with
+  zeros and well conditioned next to them: the gradient is ``P_i S_i``, with
+  ``P_i = prod_{j<i} x_j`` and ``S_i = g_i + x_{i+1} S_{i+1}``, a reverse
+  linear recurrence (the op ``LinRec``, whose own derivatives are the same
+  recurrence again).
 * ``logsumexp``: stable (the max is subtracted); the gradient is
   ``exp(x - logsumexp(x))`` (softmax).
 * ``std``: ``sqrt'(0) = inf``, so its gradient at constant data is NaN/inf.
@@ -42,7 +44,7 @@ from tapegrad.registry import registered
 __all__ = [
     "sum", "mean", "prod", "max", "min", "argmax", "argmin", "all", "any", "var", "std", "logsumexp",
     "cumsum", "cumprod", "Sum", "Mean", "Prod", "Max", "Min", "Argmax", "Argmin", "All", "Any", "LogSumExp",
-    "CumSum", "CumProd", "BroadcastReduced", "ExtremumMask", "Ravel",
+    "CumSum", "CumProd", "LinRec", "BroadcastReduced", "ExtremumMask", "Ravel",
 ]
 
 _builtin_max, _builtin_all, _builtin_any = max, all, any  # the public names below shadow these
@@ -652,4 +654,5 @@ def logsumexp(x, axis=None, keepdims=False):
 
 
 # the cumulative scans live in tapegrad/ops/cumulative.py; imported last so the registration order is unchanged
-from tapegrad.ops.cumulative import CumProd, CumSum, Ravel, _ravel, _scan_input, cumprod, cumsum  # noqa: E402,F401
+from tapegrad.ops.cumulative import (  # noqa: E402,F401
+    CumProd, CumSum, LinRec, Ravel, _ravel, _scan_input, cumprod, cumsum)

@@ -59,7 +59,7 @@ class SweepUnsupported(NotImplementedError):
 
 OWN_RULE_CODES = frozenset({
     # reductions and normalisations whose own L_op/R_op are local to the instruction
-    "PROD", "MAX", "MIN", "LOGSUMEXP", "CUMPROD", "SOFTMAX", "LOG_SOFTMAX",
+    "PROD", "MAX", "MIN", "LOGSUMEXP", "CUMPROD", "LINREC", "SOFTMAX", "LOG_SOFTMAX",
     # gradient modifiers: their own rules *are* their meaning
     "ZERO_GRAD", "CONSIDER_CONSTANT", "DISCONNECTED_GRAD", "GRAD_CLIP", "GRAD_SCALE",
     # dense linear algebra

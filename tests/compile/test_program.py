@@ -169,6 +169,18 @@ def test_cumulative_ops_and_prod_run_in_the_program(dtype):
          x, RNG.integers(-3, 4, size=(4, 6)))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cumprod_second_derivatives_run_in_the_program(dtype):
+    """cumprod's Rop and HVP: linear recurrences forward and reversed (LINREC) and their own derivatives, through
+    a zero and a tiny value, on the program tier."""
+    X, V = tg.matrix("X", dtype=dtype), tg.matrix("V", dtype=dtype)
+    c = tg.sum(tg.cumprod(X, axis=1) ** 2)
+    x = (1.0 + 0.3 * RNG.standard_normal((3, 5))).astype(dtype)
+    x[0, 2], x[2, 1] = 0.0, 1e-30
+    _run([X, V], [tg.hessian_vector_product(c, X, V), tg.Rop(tg.cumprod(X, axis=0), X, V)], x,
+         RNG.standard_normal((3, 5)).astype(dtype))
+
+
 def test_batched_matmul_with_broadcast_batch_and_its_gradients():
     A, B, C = tg.dtensor3("A"), tg.dtensor3("B"), tg.dmatrix("C")
     P = tg.matmul(A, B)  # batch 4 against a broadcast batch of 1

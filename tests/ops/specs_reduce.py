@@ -18,6 +18,18 @@ def with_zeros(rng, shape, dtype):
     return x.astype(dtype)
 
 
+def _np_linrec(a, b, axis, reverse):
+    """Reference for LINREC: ``s_i = b_i + a_i s_{i-1}`` (reverse: ``b_i + a_{i+1} s_{i+1}``) along ``axis``."""
+    a, b = np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)
+    s = np.empty(b.shape, b.dtype)
+    order = range(len(b) - 1, -1, -1) if reverse else range(len(b))
+    prev = None
+    for i in order:
+        s[i] = b[i] if prev is None else b[i] + s[prev] * a[prev if reverse else i]
+        prev = i
+    return np.moveaxis(s, 0, axis)
+
+
 def _np_logsumexp(x, axis=None, keepdims=False):
     m = np.max(x, axis=axis, keepdims=True)
     out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
@@ -115,6 +127,12 @@ ROWS = [
         domain=(with_zeros,), id="cumprod-zeros"),
     Row("CUMPROD", lambda x: R.cumprod(x), ((2, 3),), lambda x: np.cumprod(x), domain=((-1.5, 1.5),),
         also=("RAVEL",), id="cumprod-flat"),
+    Row("LINREC", lambda a, b: R.LinRec(1)(a, b), ((3, 4), (3, 4)), lambda a, b: _np_linrec(a, b, 1, False),
+        domain=((-1.5, 1.5), (-1.0, 1.0)), id="linrec-axis1"),
+    Row("LINREC", lambda a, b: R.LinRec(0, reverse=True)(a, b), ((4, 2, 3), (4, 2, 3)),
+        lambda a, b: _np_linrec(a, b, 0, True), domain=(with_zeros, (-1.0, 1.0)), id="linrec-reverse-zeros"),
+    Row("LINREC", lambda a, b: R.LinRec(-1, reverse=True)(a, b), ((5,), (5,)),
+        lambda a, b: _np_linrec(a, b, 0, True), domain=((-1.5, 1.5), (-1.0, 1.0)), id="linrec-reverse-vector"),
     # --- internal linear helpers
     Row("BROADCAST_REDUCED", lambda g, x: R.BroadcastReduced((1,), False)(g, x), ((3,), (3, 4)),
         lambda g, x: np.broadcast_to(g[:, None], (3, 4)), wrt=(0,), id="broadcast-reduced"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import tapegrad
 import tapegrad.graph as tg
 from tapegrad.compile.reference import evaluate
 from tapegrad.gradient import Lop, Rop
@@ -35,7 +36,7 @@ def test_every_reduce_code_has_a_row():
     ours = {name for name, code, _ in all_codes() if 200 <= code < 300}
     covered = {r.code for r in ROWS} | {c for r in ROWS for c in r.also}
     assert ours == {"SUM", "MEAN", "PROD", "MAX", "MIN", "ARGMAX", "ARGMIN", "ALL", "ANY", "LOGSUMEXP", "CUMSUM",
-                    "CUMPROD", "BROADCAST_REDUCED", "EXTREMUM_MASK", "RAVEL"}
+                    "CUMPROD", "LINREC", "BROADCAST_REDUCED", "EXTREMUM_MASK", "RAVEL"}
     assert ours <= covered, ours - covered
 
 
@@ -271,6 +272,49 @@ def test_cumprod_and_logsumexp_hessians_without_zeros():
     _hvp_check(R.logsumexp(x, axis=0), x, xv, 1e-7)
     _hvp_check(R.var(x, axis=1, ddof=1), x, xv, 1e-7)
     _hvp_check(R.max(x, axis=1) * R.sum(sqr(x), axis=1), x, xv, 1e-7)
+
+
+def _cumprod_sum_hessian(x):
+    """The Hessian of ``sum(cumprod(x))`` by hand: ``H_ij = sum_{k >= max(i, j)} prod_{l <= k, l != i, j} x_l``."""
+    n = len(x)
+    h = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                h[i, j] = sum(np.prod([x[m] for m in range(k + 1) if m not in (i, j)]) for k in range(max(i, j), n))
+    return h
+
+
+@pytest.mark.parametrize("device", ["python", "cpu"])
+@pytest.mark.parametrize("xv", [[0.78, 1.0, 7.7e-85], [2.0, 0.0, 3.0, 0.0, 1.5], [1e-300, 1e-300, 2.0, 0.0],
+                                [0.5, -1.25, 3.0, 1e-200]], ids=["tiny", "two-zeros", "tinier", "tiny-last"])
+def test_cumprod_hessian_exact_with_zeros_and_tiny_values(device, xv):
+    """cumprod's derivatives need no division, so the Hessian is exact next to zeros and tiny values too
+    (dividing by x left H[2, 2] = -2.2e68 at x = [0.78, 1, 7.7e-85])."""
+    x = tapegrad.dvector("x")
+    y = R.sum(R.cumprod(x))
+    xv = np.array(xv)
+    g, h = tapegrad.function([x], [tapegrad.grad(y, x), tapegrad.hessian(y, x)], device=device)(xv)
+    want_g = [sum(np.prod([xv[m] for m in range(k + 1) if m != i]) for k in range(i, len(xv))) for i in range(len(xv))]
+    np.testing.assert_allclose(g, want_g, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(h, _cumprod_sum_hessian(xv), rtol=1e-14, atol=0)
+
+
+def test_linrec_reverse_is_the_transpose_and_keeps_a_zero_state_zero():
+    """LinRec(reverse) with the same coefficients is the transpose of the forward recurrence; a zero state times
+    an infinite coefficient stays zero (the absolute-zero multiply), a nonzero one does not."""
+    a, b = tapegrad.dvector("a"), tapegrad.dvector("b")
+    av = np.array([9.0, 0.5, -2.0, 1.5])
+    mats = {}
+    for rev in (False, True):
+        f = tapegrad.function([a, b], R.LinRec(0, rev)(a, b))
+        mats[rev] = np.stack([f(av, e) for e in np.eye(4)], axis=1)
+    np.testing.assert_allclose(mats[True], mats[False].T, rtol=1e-15)
+    np.testing.assert_array_equal(mats[False][:, 0], [1.0, 0.5, -1.0, -1.5])
+    f = tapegrad.function([a, b], [R.LinRec(0)(a, b), R.LinRec(0, True)(a, b)])
+    fw, bw = f(np.array([1.0, np.inf, 2.0]), np.array([0.0, 1.0, 1.0]))
+    np.testing.assert_array_equal(fw, [0.0, 1.0, 3.0])
+    np.testing.assert_array_equal(bw, [np.inf, 3.0, 1.0])
 
 
 def test_logsumexp_is_stable_and_its_gradient_is_softmax():
