@@ -595,11 +595,23 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
             self._emit_shifted(G, loop, members, ext, outs, shifted)
             deferred = {}
         elif size != 0:
-            ind = loop.open(self.emit, "    ")
+            # partial sums that stay put along the innermost axis of a nest (a row sum) add up in a local
+            # scalar over that axis and reach memory once a row: an add into memory per element is a
+            # dependence through a store that keeps the innermost loop (exp, ... included) from vectorising
+            inner = loop.dims[-1] if not loop.flat and len(loop.dims) > 1 else None
+            rows = {id(e): self.tmp("r") for e in G["epi"] if inner is not None and e[0] == "sum" and not e[3][inner]}
+            if rows:
+                ind_row = loop.open(self.emit, "    ", levels=len(loop.dims) - 1)
+                for e in G["epi"]:
+                    if id(e) in rows:
+                        self.emit(f"{ind_row}{rows[id(e)]} = np.{e[4]}(0)")
+                ind = loop.open(self.emit, ind_row, start=len(loop.dims) - 1)
+            else:
+                ind = loop.open(self.emit, "    ")
             tn = self._emit_eval(ind, loop, members, ext)
             direct_vals = {}
             oi = loop.out_index()
-            for e in self._emit_primary(ind, loop, G, tn, outs):
+            for e in self._emit_primary(ind, loop, G, tn, outs, rows):
                 _, buf, off, rst, y, mode, dt = e
                 val = _convert(tn[y], self.dtypes[y], dt)
                 if (buf, off, rst) in deferred:  # to a contiguous temporary: added after the loop
@@ -612,6 +624,9 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
             for buf, vals in direct_vals.items():
                 _, off, rst = direct[buf]
                 self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] = {' + '.join(vals)}")
+            for e in G["epi"]:
+                if id(e) in rows:
+                    self.emit(f"{ind_row}{e[1]}[{loop.index(0, e[3])}] += {rows[id(e)]}")
         for (buf, off, rst), (tname, _) in deferred.items():
             if size:
                 ind = loop.open(self.emit, "    ")
@@ -627,9 +642,10 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
 
-    def _emit_primary(self, ind, loop, G, tn, outs):
-        """Emit, at the loop's position, the stores of the group's outputs and its in-loop reductions; returns
-        the group's writes, which the caller places (directly, deferred, or summed per position)."""
+    def _emit_primary(self, ind, loop, G, tn, outs, rows=None):
+        """Emit, at the loop's position, the stores of the group's outputs and its in-loop reductions (a partial
+        sum in ``rows``, by id, into that local scalar); returns the group's writes, which the caller places
+        (directly, deferred, or summed per position)."""
         from tapegrad.compile.fused import _convert
 
         oi = loop.out_index()
@@ -641,7 +657,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
                 self.emit(f"{ind}{acc} += {_convert(tn[x], self.dtypes[x], acc_dt)}")
             elif e[0] == "sum":
                 _, buf, x, ws, dt, scale, _o = e
-                self.emit(f"{ind}{buf}[{loop.index(0, ws)}] += {_convert(tn[x], self.dtypes[x], dt)}")
+                to = rows[id(e)] if rows and id(e) in rows else f"{buf}[{loop.index(0, ws)}]"
+                self.emit(f"{ind}{to} += {_convert(tn[x], self.dtypes[x], dt)}")
         return [e for e in G["epi"] if e[0] == "write"]
 
     def _emit_eval(self, ind, loop, members, ext):

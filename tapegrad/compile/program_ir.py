@@ -149,18 +149,19 @@ class _Loop:
         self.par = 0  # chunks run in parallel (0: a serial loop)
         self.par_dim = self.dims[0] if self.dims else 0  # the axis a loop nest splits into chunks
 
-    def open(self, emit, ind):
-        """Emit the loop headers; returns the body indentation."""
+    def open(self, emit, ind, levels=None, start=0):
+        """Emit the loop headers; returns the body indentation.  A loop nest may be opened in two steps:
+        ``levels`` headers from axis ``start`` of ``dims`` (the ``prange`` header comes with ``start == 0``)."""
         n = int(np.prod(self.shape, dtype=np.int64))
         if self.flat:
             if self.par:
                 return par_range(emit, ind, "i", 0, n, self.par)
             emit(f"{ind}for i in range({n}):")
             return ind + "    "
-        if self.par:
+        if self.par and start == 0:
             emit(f"{ind}for cq in prange({self.par}):")
             ind += "    "
-        for d in self.dims:
+        for d in self.dims[start:None if levels is None else start + levels]:
             split = self.par and d == self.par_dim
             emit(f"{ind}for i{d} in {_chunk_range(0, self.shape[d], self.par) if split else f'range({self.shape[d]})'}:")
             ind += "    "

@@ -498,3 +498,21 @@ def test_vectorised_azmul_has_the_bits_of_the_interpreters():
             assert np.array_equal(got, want, equal_nan=True) and np.signbit(got) == np.signbit(want), (a, b, got, want)
     assert f(-0.0, -np.inf) == 0.0 and not np.signbit(f(-0.0, -np.inf))
     assert f(np.float32(2), 3.0) == 6.0 and f(3, 4) == 12 and f(True, 2.5) == 2.5
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_row_sums_in_a_loop_nest_add_up_in_a_local_scalar(dtype):
+    """A partial sum that stays put along the innermost axis (softmax's row sums; a sum over axes 0 and 2)
+    accumulates in a local scalar per row and is added to memory once a row, so the inner loop vectorises."""
+    import re
+
+    X, T3 = tg.matrix("X", dtype=dtype), tg.tensor3("T", dtype=dtype)
+    e = tg.exp(X - tg.max(X, axis=1, keepdims=True))
+    sm = e / tg.sum(e, axis=1, keepdims=True)
+    c = tg.sum(sm * X) + tg.sum(tg.sum(tg.exp(T3), axis=(0, 2)) ** 2)
+    xv = RNG.standard_normal((7, 9)).astype(dtype)
+    tv = RNG.standard_normal((3, 4, 5)).astype(dtype)
+    f = _run([X, T3], [sm, c, *tg.grad(c, [X, T3])], xv, tv)
+    src = list(f._engine._programs.values())[0].program.source
+    assert re.search(r"\n( +)r\d+ = np\.float(64|32)\(0\)\n\1for i\d+ in", src), src
+    assert re.search(r"\n +r\d+ \+= ", src)
