@@ -403,6 +403,9 @@ class ProductTemplates:
         core = 1 if op.vector else 2
         ind, (va, vb), (vo,) = self._stack("solve", self.shapes[o][:len(self.shapes[o]) - core],
                                            [(a, 2), (b, core)], [o])
+        if op.assume_a in ("lower", "upper"):  # substitution over the triangle (vmath.v_tri_solve)
+            self.emit(f"{ind}v_tri_solve({va}, {vb}, {vo}, {op.assume_a == 'lower'})")
+            return
         if op.assume_a == "pos":  # raises LinAlgError unless positive definite, as the reference engine
             self.emit(f"{ind}np.linalg.cholesky({va})")
         self.emit(f"{ind}{vo}[...] = np.linalg.solve({va}, {vb})")

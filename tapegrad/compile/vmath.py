@@ -287,6 +287,31 @@ def v_softplus(x):
     return v_log1p(v_exp(min(x, 30)))
 
 
+@njit(error_model="numpy", nogil=True)
+def v_tri_solve(a, b, out, lower):
+    """``out = T^-1 b`` (``b`` a vector or a matrix of columns), ``T`` the lower (``lower``) or upper triangle of
+    the square ``a``, by forward or back substitution with each row of ``out`` updated as a whole (the inner
+    loop runs along the right-hand sides and vectorises); a zero on the diagonal raises ``LinAlgError``, as
+    :func:`tapegrad.ops.solve._substitute` (the reference engine) and a singular LU do.  For the program tier's
+    triangular solves (``solve_triangular`` and the derivatives of ``cholesky``)."""
+    n = a.shape[0]
+    x = out.reshape((n, -1))
+    x[...] = b.reshape((n, -1))
+    k = x.shape[1]
+    for t in range(n):
+        i = t if lower else n - 1 - t
+        d = a[i, i]
+        if d == 0:
+            raise np.linalg.LinAlgError("Singular matrix")
+        lo, hi = (0, i) if lower else (i + 1, n)
+        for j in range(lo, hi):
+            c = a[i, j]
+            for q in range(k):
+                x[i, q] -= c * x[j, q]
+        for q in range(k):
+            x[i, q] /= d
+
+
 s_tanh = v_tanh
 s_azmul = v_azmul
 s_exp, s_expm1, s_log, s_log1p = v_exp, v_expm1, v_log, v_log1p

@@ -206,7 +206,8 @@ def triu(x, k=0):
 
 
 # --------------------------------------------------------------------------- solve (601)
-_ASSUME = ("gen", "sym", "pos")
+_ASSUME = ("gen", "sym", "pos", "lower", "upper")
+_FLIP = {"lower": "upper", "upper": "lower"}
 
 
 @registered(name="SOLVE", code=601)
@@ -217,6 +218,10 @@ class Solve(Op):
     stack of vectors ``(..., n)``.  ``assume_a="pos"`` checks positive
     definiteness (Cholesky) before solving; the op reads the whole of ``A``
     (the public ``solve`` symmetrizes from one triangle first).
+    ``assume_a="lower"``/``"upper"``: only that triangle of ``A`` is read, by
+    substitution (``n**2 k`` operations instead of LU's ``n**3``); a zero on the
+    diagonal raises ``LinAlgError`` as a singular LU does.  Its derivatives
+    keep to the triangle.
     """
 
     __props__ = ("assume_a", "vector")
@@ -244,6 +249,11 @@ class Solve(Op):
 
     def perform(self, node, inputs, output_storage):
         def fn(a, b):
+            if self.assume_a in _FLIP:
+                lower, dt = self.assume_a == "lower", node.outputs[0].dtype
+                if self.vector:
+                    return _substitute(a, b[..., None], lower, dt)[..., 0]
+                return _substitute(a, b, lower, dt)
             if self.assume_a == "pos":
                 np.linalg.cholesky(a)  # raises LinAlgError unless positive definite
             if self.vector:
@@ -263,8 +273,11 @@ class Solve(Op):
 
         a, b = inputs
         (x,), (g,) = outputs, output_grads
-        gb = self(mT(a), g)  # B_bar = A^-T G
+        tri = self.assume_a in _FLIP
+        gb = (Solve(_FLIP[self.assume_a], self.vector) if tri else self)(mT(a), g)  # B_bar = A^-T G
         ga = -(einsum("...i,...j->...ij", gb, x) if self.vector else matmul(gb, mT(x)))  # A_bar = -B_bar X^T
+        if tri:  # only the triangle is read
+            ga = _tri(ga, self.assume_a == "lower", 0)
         return [_sum_to(ga, a), _sum_to(gb, b)]
 
     def R_op(self, inputs, eval_points):
@@ -276,10 +289,30 @@ class Solve(Op):
             return [None]
         rhs = ub
         if ua is not None:
+            if self.assume_a in _FLIP:
+                ua = _tri(ua, self.assume_a == "lower", 0)
             x = self(a, b)
             t = einsum("...ij,...j->...i", ua, x) if self.vector else matmul(ua, x)
             rhs = -t if rhs is None else rhs - t
         return [self(a, rhs)]  # A^-1 (dB - dA X)
+
+
+def _substitute(a, b, lower, dtype):
+    """``T^-1 B`` by forward (``lower``) or back substitution, ``T`` the triangle of ``a`` (batched over leading
+    axes); a zero on the diagonal raises ``LinAlgError`` (as LU does for a singular ``T``)."""
+    a, b = np.asarray(a, dtype), np.asarray(b, dtype)
+    n = a.shape[-1]
+    d = np.diagonal(a, axis1=-2, axis2=-1)
+    if np.any(d == 0):
+        raise np.linalg.LinAlgError("Singular matrix")
+    x = np.array(np.broadcast_to(b, np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + b.shape[-2:]), dtype)
+    with np.errstate(all="ignore"):
+        for i in range(n) if lower else range(n - 1, -1, -1):
+            lo, hi = (0, i) if lower else (i + 1, n)
+            if hi > lo:
+                x[..., i, :] -= np.einsum("...j,...jk->...k", a[..., i, lo:hi], x[..., lo:hi, :])
+            x[..., i, :] /= d[..., i, None]
+    return x
 
 
 def solve(a, b, assume_a="gen", lower=False):
@@ -323,10 +356,8 @@ def solve_triangular(a, b, lower=False, unit_diagonal=False):
     a, b = _common_float(a, b)
     _check_square("solve_triangular", a)
     if unit_diagonal:
-        t = _tri(a, lower, -1 if lower else 1) + _eye_like(a, a.dtype)
-    else:
-        t = _tri(a, lower, 0)
-    return Solve("gen", b.ndim == 1)(t, b)
+        a = _tri(a, lower, -1 if lower else 1) + _eye_like(a, a.dtype)
+    return Solve("lower" if lower else "upper", b.ndim == 1)(a, b)
 
 
 # --------------------------------------------------------------------------- inv (602)
@@ -482,8 +513,8 @@ class Cholesky(_SquareOp):
 
         (L,), (g,) = outputs, output_grads
         lt = mT(L)
-        y = Solve()(lt, _phi(matmul(lt, g)))  # L^-T Phi(L^T L_bar)
-        s = mT(Solve()(lt, mT(y)))  # ... L^-1
+        y = Solve("upper")(lt, _phi(matmul(lt, g)))  # L^-T Phi(L^T L_bar)
+        s = mT(Solve("upper")(lt, mT(y)))  # ... L^-1
         return [_sym_T(s, True)]
 
     def R_op(self, inputs, eval_points):
@@ -493,8 +524,8 @@ class Cholesky(_SquareOp):
         if u is None:
             return [None]
         L = self(a)
-        z = Solve()(L, _sym(u, True))  # L^-1 dS
-        x = mT(Solve()(L, mT(z)))  # L^-1 dS L^-T
+        z = Solve("lower")(L, _sym(u, True))  # L^-1 dS
+        x = mT(Solve("lower")(L, mT(z)))  # L^-1 dS L^-T
         return [matmul(L, _phi(x))]
 
 

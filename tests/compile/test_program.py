@@ -516,3 +516,33 @@ def test_row_sums_in_a_loop_nest_add_up_in_a_local_scalar(dtype):
     src = list(f._engine._programs.values())[0].program.source
     assert re.search(r"\n( +)r\d+ = np\.float(64|32)\(0\)\n\1for i\d+ in", src), src
     assert re.search(r"\n +r\d+ \+= ", src)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_triangular_solves_and_cholesky_gradients_substitute_in_the_program(dtype):
+    """solve_triangular (matrix and vector right-hand sides, both triangles) and the derivatives of cholesky
+    run as substitution over the triangle (vmath.v_tri_solve), not LU."""
+    A, B, b, S = tg.matrix("A", dtype=dtype), tg.matrix("B", dtype=dtype), tg.vector("b", dtype=dtype), \
+        tg.matrix("S", dtype=dtype)
+    av = (RNG.standard_normal((6, 6)) + 4 * np.eye(6)).astype(dtype)
+    k = RNG.standard_normal((5, 5))
+    outs = []
+    for lower in (True, False):
+        X, x = tg.linalg.solve_triangular(A, B, lower=lower), tg.linalg.solve_triangular(A, b, lower=lower)
+        outs += [X, x, *tg.grad(tg.sum(X ** 2) + tg.sum(x * x), [A, B, b])]
+    L = tg.linalg.cholesky(S)
+    outs += [L, tg.grad(tg.sum(tg.log(tg.diagonal(L))) + tg.sum(L ** 2), S)]
+    f = _run([A, B, b, S], outs, av, RNG.standard_normal((6, 3)).astype(dtype), RNG.standard_normal(6).astype(dtype),
+             (k @ k.T + 5 * np.eye(5)).astype(dtype))
+    src = list(f._engine._programs.values())[0].program.source
+    assert "v_tri_solve(" in src and "np.linalg.solve(" not in src
+
+
+def test_triangular_solve_with_a_zero_on_the_diagonal_raises_like_lu():
+    A, b = tg.dmatrix("A"), tg.dvector("b")
+    x = tg.linalg.solve_triangular(A, b, lower=True)
+    a = np.tril(RNG.standard_normal((4, 4))) + 3 * np.eye(4)
+    a[2, 2] = 0.0
+    for kw in ({"device": "python"}, {"device": "cpu", "tier": "program"}, {"device": "cpu", "tier": "interp"}):
+        with pytest.raises(np.linalg.LinAlgError, match="[Ss]ingular"):
+            tg.function([A, b], x, **kw)(a, np.ones(4))
