@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Workloads beyond ``../shared/perf``: tapegrad against JAX (jit, float64) in ONE process on ONE core.
+
+    python perf/more_workloads.py [--only NAME]... [--out perf/results/more-workloads-DATE.txt]
+
+Each workload is one function ``f(xp, *args)`` written once for both systems (``xp`` is ``tapegrad`` or
+``jax.numpy``); the measure is value and gradient (``tg.function([...], [f, *grad])`` on the default tier, settled as
+in ``compare.py``; ``jax.jit(jax.value_and_grad)``).  Both are timed in alternating blocks (the median of each
+block, then the median over rounds), so drift of the shared machine hits both alike.  Results are checked against
+each other (largest difference relative to the largest value).  It prints a table, writes it to ``--out`` and
+saves a bar chart of the ratios beside it (if matplotlib is importable).
+
+* logistic regression, 100,000 x 50 (a GEMV, ``log1p(exp(.))``);
+* 1-D heat equation, 10^5 points, 50 explicit steps unrolled (shifted windows, 2,000 instructions: beyond the
+  program tier's size limit);
+* softmax cross-entropy, 2048 x 256 x 100 (two GEMMs, row max/sum);
+* Gaussian-process negative log-likelihood, n = 200, d = 3 (pairwise distances, ``cholesky``, ``solve``);
+* a tiny two-layer tanh network, 8 x 16 x 16 (call overhead);
+* an elementwise mix over 2 x 10^6 (``sin``, ``exp``, ``sqrt``, ``log1p``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_k] = "1"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+if not os.environ.get("NUMBA_CACHE_DIR"):  # compare.py's default: one engine cache per numba version
+    from importlib.metadata import version as _version
+
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".numba_cache"
+                                        / f"numba-{_version('numba')}")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+# --------------------------------------------------------------------------- workloads (xp: tapegrad or jax.numpy)
+def logreg(xp, w, X, y):
+    z = X @ w
+    return xp.sum(xp.log1p(xp.exp(-y * z))) / X.shape[0] + 0.01 * xp.sum(w * w)
+
+
+def heat(xp, u, k):
+    for _ in range(50):
+        u = u + 0.1 * k * (xp.concatenate([u[:1], u[:-1]]) - 2 * u + xp.concatenate([u[1:], u[-1:]]))
+    return xp.sum(u ** 2)
+
+
+def xent(xp, W, X, Y):
+    z = X @ W
+    m = xp.max(z, axis=1, keepdims=True)
+    lse = xp.log(xp.sum(xp.exp(z - m), axis=1, keepdims=True)) + m
+    return -xp.sum(Y * (z - lse)) / X.shape[0]
+
+
+def gp(xp, ls, X, y):
+    d = xp.sum((X[:, None, :] - X[None, :, :]) ** 2, axis=-1)
+    K = xp.exp(-0.5 * d / ls ** 2) + 1e-3 * xp.eye(X.shape[0])
+    L = xp.linalg.cholesky(K)
+    a = xp.linalg.solve(K, y)
+    return 0.5 * xp.sum(y * a) + xp.sum(xp.log(xp.diagonal(L)))
+
+
+def tiny_mlp(xp, W1, W2, x):
+    return xp.sum(xp.tanh(xp.tanh(x @ W1) @ W2) ** 2)
+
+
+def elementwise(xp, x, y):
+    return xp.sum(xp.sin(x) * xp.exp(-y * y) + xp.sqrt(1 + x * x) * xp.log1p(y * y))
+
+
+def workloads():
+    r = np.random.default_rng(0)
+    return {  # name: (function, arguments, indices of the arguments differentiated)
+        "logreg 100k x 50": (logreg, [0.1 * r.standard_normal(50), r.standard_normal((100_000, 50)),
+                                      np.sign(r.standard_normal(100_000))], [0]),
+        "heat 1e5, 50 steps": (heat, [r.standard_normal(100_000), np.float64(0.5)], [0, 1]),
+        "softmax xent 2048x256x100": (xent, [0.05 * r.standard_normal((256, 100)), r.standard_normal((2048, 256)),
+                                             np.eye(100)[r.integers(0, 100, 2048)]], [0]),
+        "GP nll n=200": (gp, [np.float64(1.3), r.standard_normal((200, 3)), r.standard_normal(200)], [0]),
+        "tiny mlp 8x16x16": (tiny_mlp, [r.standard_normal((16, 16)), r.standard_normal((16, 16)),
+                                        r.standard_normal((8, 16))], [0, 1]),
+        "elementwise 2 x 1e6": (elementwise, [r.standard_normal(1_000_000), r.standard_normal(1_000_000)], [0, 1]),
+    }
+
+
+# --------------------------------------------------------------------------- the two systems
+def build_tapegrad(fn, args, wrt):
+    import tapegrad as tg
+    from tapegrad.compile.fused import _executor
+
+    vs = [tg.tensor("float64", shape=(None,) * np.ndim(a)) if np.ndim(a) else tg.dscalar() for a in args]
+    out = fn(tg, *vs)
+    f = tg.function(vs, [out, *tg.grad(out, [vs[i] for i in wrt])], device="cpu")
+    t0 = time.perf_counter()
+    first = f(*args)
+    first_s = time.perf_counter() - t0
+    for _ in range(6):  # past the tier thresholds; then let the background compile finish (as compare.py)
+        f(*args)
+    _executor().submit(lambda: None).result()
+    for _ in range(3):
+        f(*args)
+    tier = "program" if getattr(f._engine, "fast", None) is not None else "interp/fused"
+    return (lambda: f(*args)), [np.asarray(v) for v in first], first_s, tier
+
+
+def build_jax(fn, args, wrt):
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    jf = jax.jit(jax.value_and_grad(lambda *a: fn(jnp, *a), argnums=tuple(wrt)))
+    ja = [jnp.asarray(a) for a in args]
+    t0 = time.perf_counter()
+    v, g = jax.block_until_ready(jf(*ja))
+    first_s = time.perf_counter() - t0
+    return (lambda: jax.block_until_ready(jf(*ja))), [np.asarray(v)] + [np.asarray(x) for x in g], first_s, "jit"
+
+
+def block_median(call, n):
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def duel(calls, rounds=9, budget=0.25):
+    """Median over rounds of each system's block median; blocks sized to about ``budget`` seconds."""
+    sizes = []
+    for c in calls:
+        t0 = time.perf_counter()
+        c()
+        sizes.append(max(3, min(2000, int(budget / max(time.perf_counter() - t0, 1e-7)))))
+    per = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, c in enumerate(calls):
+            per[i].append(block_median(c, sizes[i]))
+    return [statistics.median(p) for p in per]
+
+
+def fmt(s):
+    return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", action="append", help="run the workloads whose name contains this (repeatable)")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--out", help="write the table here (and a .png of the ratios beside it)")
+    a = ap.parse_args()
+    rows = []
+    head = (f"{'workload':28s} {'tapegrad':>11s} {'tier':>12s} {'JAX jit':>11s} {'ratio':>6s} "
+            f"{'first tg':>9s} {'first JAX':>9s} {'rel diff':>8s}")
+    print("# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX", flush=True)
+    print(head, flush=True)
+    for name, (fn, args, wrt) in workloads().items():
+        if a.only and not any(o in name for o in a.only):
+            continue
+        tc, tv, tfirst, tier = build_tapegrad(fn, args, wrt)
+        jc, jv, jfirst, _ = build_jax(fn, args, wrt)
+        diff = max(float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-300) for x, y in zip(tv, jv))
+        tt, tj = duel([tc, jc], rounds=a.rounds)
+        rows.append((name, tt, tier, tj, tt / tj, tfirst, jfirst, diff))
+        print(f"{name:28s} {fmt(tt):>11s} {tier:>12s} {fmt(tj):>11s} {tt / tj:6.2f} {tfirst:8.2f}s {jfirst:8.2f}s "
+              f"{diff:8.1e}", flush=True)
+    if a.out:
+        lines = ["# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX",
+                 head] + [f"{r[0]:28s} {fmt(r[1]):>11s} {r[2]:>12s} {fmt(r[3]):>11s} {r[4]:6.2f} {r[5]:8.2f}s "
+                          f"{r[6]:8.2f}s {r[7]:8.1e}" for r in rows]
+        Path(a.out).write_text("\n".join(lines) + "\n")
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(8, 3.5))
+            ax.barh([r[0] for r in rows], [r[4] for r in rows], color=["tab:green" if r[4] <= 1 else "tab:red"
+                                                                       for r in rows])
+            ax.axvline(1.0, color="k", lw=0.8)
+            ax.set_xlabel("tapegrad time / JAX time (value + gradient, one thread)")
+            fig.tight_layout()
+            fig.savefig(str(Path(a.out).with_suffix(".png")), dpi=110)
+        except ImportError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
