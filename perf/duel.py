@@ -16,20 +16,13 @@ from ``perf/compare.py`` (default tier, settled as there).  Outputs are checked 
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_k] = "1"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-if not os.environ.get("NUMBA_CACHE_DIR"):  # compare.py's default: one engine cache per numba version
-    from importlib.metadata import version as _version
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from one_core import one_core  # noqa: E402
 
-    os.environ["NUMBA_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".numba_cache"
-                                        / f"numba-{_version('numba')}")
+one_core()
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402

@@ -67,12 +67,10 @@ def _sub(typingctx, a, b):
     return types.float64(types.float64, types.float64), codegen
 
 
-@njit(error_model="numpy", inline="always")  # inlined in Numba's IR: LLVM 14's inliner left big callers a call
-def v_tanh(x):
-    """tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|) = 2**k (expm1(r) + 1) - 1; |x| is clamped at 20
-    (where tanh is 1 to double precision).  At most 3 ulp from libm over the double range (tested)."""
-    a = abs(x)
-    y = 2.0 * (a if a < 20.0 else 20.0)
+@njit(error_model="numpy", inline="always")
+def _expm1_reduced(y):
+    """``(k, expm1(r))`` with ``y = k ln2 + r``, ``|r| <= ln2 / 2`` (Cody-Waite: ``k * _LN2_HI`` is exact), the
+    Taylor series to r**13 (the first dropped term is below 2**-56 relative)."""
     kf = np.floor(y * _INV_LN2 + 0.5)
     r = _fma(-kf, _LN2_LO, _fma(-kf, _LN2_HI, y))
     q = _fma(r, _E13, _E12)
@@ -86,8 +84,16 @@ def v_tanh(x):
     q = _fma(r, q, _E4)
     q = _fma(r, q, _E3)
     q = _fma(r, q, _E2)
-    p = _fma(r * r, q, r)  # expm1(r)
-    s = np.float64(np.int64(1) << np.int64(kf))  # 2**k, 0 <= k <= 58
+    return np.int64(kf), _fma(r * r, q, r)
+
+
+@njit(error_model="numpy", inline="always")  # inlined in Numba's IR: LLVM 14's inliner left big callers a call
+def v_tanh(x):
+    """tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|) = 2**k (expm1(r) + 1) - 1; |x| is clamped at 20
+    (where tanh is 1 to double precision).  At most 3 ulp from libm over the double range (tested)."""
+    a = abs(x)
+    k, p = _expm1_reduced(2.0 * (a if a < 20.0 else 20.0))
+    s = np.float64(np.int64(1) << k)  # 2**k, 0 <= k <= 58
     e = _fma(s, p, s - 1.0)
     t = math.copysign(e / (e + 2.0), x)
     return x if x != x else t
@@ -166,26 +172,6 @@ def _from_bits(typingctx, i):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
-
-
-@njit(error_model="numpy", inline="always")
-def _expm1_reduced(y):
-    """``(k, expm1(r))`` with ``y = k ln2 + r``, ``|r| <= ln2 / 2`` (Cody-Waite: ``k * _LN2_HI`` is exact), the
-    Taylor series to r**13 (the first dropped term is below 2**-56 relative)."""
-    kf = np.floor(y * _INV_LN2 + 0.5)
-    r = _fma(-kf, _LN2_LO, _fma(-kf, _LN2_HI, y))
-    q = _fma(r, _E13, _E12)
-    q = _fma(r, q, _E11)
-    q = _fma(r, q, _E10)
-    q = _fma(r, q, _E9)
-    q = _fma(r, q, _E8)
-    q = _fma(r, q, _E7)
-    q = _fma(r, q, _E6)
-    q = _fma(r, q, _E5)
-    q = _fma(r, q, _E4)
-    q = _fma(r, q, _E3)
-    q = _fma(r, q, _E2)
-    return np.int64(kf), _fma(r * r, q, r)
 
 
 @njit(error_model="numpy", inline="always")
