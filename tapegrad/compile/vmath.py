@@ -5,9 +5,9 @@ over 262,144 elements takes 4.1 ms where NumPy's SIMD ``tanh`` takes 0.44 ms.  T
 written with arithmetic, fused multiply-adds, ``floor``, ``copysign`` and integer shifts only, so a loop
 calling them vectorises (AVX2/AVX-512); each stays within a few ulp of libm (tests/compile/test_vmath.py measures
 it).  Generated modules import this after :mod:`tapegrad.compile.kernels.scalar`, so ``s_tanh``, ``s_exp``,
-``s_expm1``, ``s_log``, ``s_log1p``, ``s_sigmoid`` and ``s_softplus`` in their expressions are the ``v_``
-functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p and expm1); the interpreter
-(tier 0) keeps libm.  Float32 arguments are computed in float64 and rounded once by the caller.  They are inlined in Numba's IR (``inline="always"``): with numba 0.65
+``s_expm1``, ``s_log``, ``s_log1p``, ``s_sigmoid``, ``s_softplus``, ``s_sin`` and ``s_cos`` in their expressions are
+the ``v_`` functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p and expm1, 1.7x for
+sin and cos, whose reduction of huge arguments gathers from a table); the interpreter (tier 0) keeps libm.  Float32 arguments are computed in float64 and rounded once by the caller.  They are inlined in Numba's IR (``inline="always"``): with numba 0.65
 (LLVM 14) a large generated program kept them as calls, and a loop with a call does not vectorise.
 """
 
@@ -298,7 +298,124 @@ def v_tri_solve(a, b, out, lower):
             x[i, q] /= d
 
 
+# pi/2 in three parts (each the double nearest the rest): with fma, x - k (P1 + P2 + P3) keeps every bit of the
+# reduced argument for |x| <= _TRIG_MAX (k * P1 is a multiple of 2**-52 like x, so the first step is exact)
+_PIO2_1 = 1.5707963267948966
+_PIO2_2 = 6.123233995736766e-17
+_PIO2_3 = -1.4973849048591698e-33
+_TWO_OVER_PI = 0.6366197723675814
+_TRIG_MAX = 268435456.0  # 2**28; beyond it the reduction by the bits of 2/pi (_reduce_big)
+# the minimax polynomials of sin and cos on [-pi/4, pi/4] published with fdlibm (error below 2**-58)
+_S1, _S2, _S3 = -1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04
+_S4, _S5, _S6 = 2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10
+_C1, _C2, _C3 = 4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05
+_C4, _C5, _C6 = -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11
+_TWO_OVER_PI_24 = np.array([  # 2/pi = sum_j c_j 2**(-24 (j + 1)), computed with mpmath at 1600 bits
+    0xA2F983, 0x6E4E44, 0x1529FC, 0x2757D1, 0xF534DD, 0xC0DB62, 0x95993C, 0x439041, 0xFE5163, 0xABDEBB,
+    0xC561B7, 0x246E3A, 0x424DD2, 0xE00649, 0x2EEA09, 0xD1921C, 0xFE1DEB, 0x1CB129, 0xA73EE8, 0x8235F5,
+    0x2EBB44, 0x84E99C, 0x7026B4, 0x5F7E41, 0x3991D6, 0x398353, 0x39F49C, 0x845F8B, 0xBDF928, 0x3B1FF8,
+    0x97FFDE, 0x05980F, 0xEF2F11, 0x8B5A0A, 0x6D1F6D, 0x367ECF, 0x27CB09, 0xB74F46, 0x3F669E, 0x5FEA2D,
+    0x7527BA, 0xC7EBE5, 0xF17B3D, 0x0739F7, 0x8A5292, 0xEA6BFB, 0x5FB11F, 0x8D5D08, 0x560330, 0x46FC7B,
+    0x6BABF0, 0xCFBC20,
+], dtype=np.float64)
+
+
+@njit(error_model="numpy", inline="always")
+def _two_sum(a, b):
+    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly."""
+    s = _add(a, b)
+    bb = _sub(s, a)
+    return s, _add(_sub(a, _sub(s, bb)), _sub(b, bb))
+
+
+@njit(error_model="numpy", inline="always")
+def _mod4(p):
+    """``p mod 4``, exact for any double ``p`` (both terms are multiples of p's last bit)."""
+    return _sub(p, 4.0 * np.floor(p * 0.25))
+
+
+@njit(error_model="numpy", inline="always")
+def _big_term(hi, lo, mh, ml, c, e):
+    """``(hi, lo) + M c 2**e mod 4`` (``M = mh 2**24 + ml``; each product is exact: below 2**53)."""
+    hi, err = _two_sum(hi, _mod4(mh * c * _pow2(e + np.int64(24))))
+    lo = _add(lo, err)
+    hi, err = _two_sum(hi, _mod4(ml * c * _pow2(e)))
+    return hi, _add(lo, err)
+
+
+@njit(error_model="numpy", inline="always")
+def _reduce_big(ax):
+    """``(n, r)`` with ``ax = (4 m + n) pi/2 + r``, ``|r| <= pi/4``, for finite ``ax >= 2**28``, branch-free
+    (Payne-Hanek): ``ax = M 2**E``; of ``ax 2/pi = sum_j M c_j 2**(E - 24 (j + 1))`` the terms before chunk ``j0``
+    are multiples of 4, the next seven (gathered from the table) are summed mod 4 in double-double."""
+    b = _bits(ax)
+    e0 = ((b >> np.int64(52)) & np.int64(0x7FF)) - np.int64(1075)
+    m = (b & np.int64(0x000FFFFFFFFFFFFF)) | np.int64(0x0010000000000000)
+    mh = np.float64(m >> np.int64(24))
+    ml = np.float64(m & np.int64(0xFFFFFF))
+    j0 = (e0 - np.int64(2)) // np.int64(24)
+    j0 = j0 if j0 > 0 else np.int64(0)
+    e = e0 - np.int64(24) - np.int64(24) * j0
+    hi, lo = 0.0, 0.0
+    for q in range(7):  # unrolled by LLVM (a constant trip count)
+        hi, lo = _big_term(hi, lo, mh, ml, _TWO_OVER_PI_24[nn(j0 + np.int64(q))], e - np.int64(24 * q))
+    hi = _mod4(hi)
+    k = np.floor(hi + 0.5)
+    f, flo = _two_sum(_sub(hi, k), lo)
+    rh = f * _PIO2_1  # (f + flo) pi/2, rounded once more
+    r = _add(rh, _add(_fma(f, _PIO2_1, -rh), _add(f * _PIO2_2, flo * _PIO2_1)))
+    return np.int64(k) & np.int64(3), r
+
+
+@njit(error_model="numpy", inline="always")
+def _sincos_reduced(xd):
+    """``(n, sin(r), cos(r))`` with ``x = k pi/2 + r``, ``|r| <= pi/4``, ``n = k mod 4``: Cody-Waite with fma for
+    ``|x| <= 2**28``, :func:`_reduce_big` beyond (both computed, one selected: the loop stays branch-free)."""
+    ax = np.abs(xd)
+    big = ax > _TRIG_MAX
+    xs = 0.0 if big else xd
+    kf = np.floor(_fma(xs, _TWO_OVER_PI, 0.5))
+    r = _fma(-kf, _PIO2_3, _fma(-kf, _PIO2_2, _fma(-kf, _PIO2_1, xs)))
+    n = np.int64(kf) & np.int64(3)
+    nb, rb = _reduce_big(ax if (big and ax < np.inf) else _TRIG_MAX)
+    if big:
+        n = nb if xd > 0 else (-nb) & np.int64(3)
+        r = rb if xd > 0 else -rb
+    z = r * r
+    ps = _fma(z, _fma(z, _fma(z, _fma(z, _S6, _S5), _S4), _S3), _S2)
+    sn = _fma(r * z, _fma(z, ps, _S1), r)
+    pc = z * z * _fma(z, _fma(z, _fma(z, _fma(z, _fma(z, _C6, _C5), _C4), _C3), _C2), _C1)
+    hz = 0.5 * z
+    w = 1.0 - hz
+    cs = _add(w, _add(_sub(_sub(1.0, w), hz), pc))
+    return n, sn, cs
+
+
+@njit(error_model="numpy", inline="always")
+def v_sin(x):
+    """sin(x): reduced by k pi/2 (:func:`_sincos_reduced`), fdlibm's polynomials, the quadrant picked by selects.
+    Within 1 ulp of libm for |x| <= 2**28 and 8 ulp beyond (tested); inf and NaN give NaN."""
+    xd = np.float64(x)
+    n, sn, cs = _sincos_reduced(xd)
+    v = cs if (n & np.int64(1)) else sn
+    v = -v if (n & np.int64(2)) else v
+    if not np.abs(xd) < np.inf:
+        return xd - xd
+    return xd if xd == 0.0 else v  # sin(-0) = -0
+
+
+@njit(error_model="numpy", inline="always")
+def v_cos(x):
+    """cos(x), as :func:`v_sin`."""
+    xd = np.float64(x)
+    n, sn, cs = _sincos_reduced(xd)
+    v = sn if (n & np.int64(1)) else cs
+    v = -v if ((n + np.int64(1)) & np.int64(2)) else v
+    return v if np.abs(xd) < np.inf else xd - xd
+
+
 s_tanh = v_tanh
 s_azmul = v_azmul
 s_exp, s_expm1, s_log, s_log1p = v_exp, v_expm1, v_log, v_log1p
 s_sigmoid, s_softplus = v_sigmoid, v_softplus
+s_sin, s_cos = v_sin, v_cos

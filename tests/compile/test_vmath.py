@@ -35,6 +35,10 @@ CASES = {  # name: (vectorised, reference, max ulp, argument sets)
                                  _uniform(-1, 1)]),
     "log1p": (V.v_log1p, np.log1p, 2, [_log_uniform(1e-20, 1e308), _uniform(-1, 1), _uniform(-0.9999, 1),
                                        _log_uniform(1e-20, 1, signed=True)]),
+    "sin": (V.v_sin, np.sin, 1, [_uniform(-10, 10), _uniform(-1e5, 1e5), _log_uniform(1e-300, 3e8, signed=True),
+                                 _log_uniform(1e8, 1e300, n=20_000, signed=True), np.arange(-50_000, 50_000) * (np.pi / 2)]),
+    "cos": (V.v_cos, np.cos, 1, [_uniform(-10, 10), _uniform(-1e5, 1e5), _log_uniform(1e-300, 3e8, signed=True),
+                                 _log_uniform(1e8, 1e300, n=20_000, signed=True), np.arange(-50_000, 50_000) * (np.pi / 2)]),
     "sigmoid": (V.v_sigmoid, S.s_sigmoid, 2, [_uniform(-800, 800), _uniform(-5, 5)]),
     "softplus": (V.v_softplus, S.s_softplus, 4, [_uniform(-800, 800), _uniform(-5, 5), _uniform(25, 35)]),
 }
@@ -87,9 +91,9 @@ def test_float32_and_integer_arguments(name):
 def test_programs_with_the_vectorised_functions_match_the_python_engine(dtype):
     x, y = tg.vector("x", dtype=dtype), tg.vector("y", dtype=dtype)
     c = tg.sum(tg.exp(-y * y) * tg.log1p(x * x) + tg.log(1 + tg.abs(x)) * tg.expm1(0.1 * y)
-               + tg.sigmoid(x * y) + tg.softplus(3 * x - y))
+               + tg.sigmoid(x * y) + tg.softplus(3 * x - y) + tg.sin(1e9 * x) * tg.cos(x * y))
     xv = RNG.uniform(-3, 3, 257).astype(dtype)
     yv = RNG.uniform(-3, 3, 257).astype(dtype)
     xv[:4] = [0.0, -0.0, 1e-30, -1e-30]
     src = run_program([x, y], [c, *tg.grad(c, [x, y])], [xv, yv], dtype=dtype)
-    assert "s_exp(" in src and "s_log1p(" in src
+    assert "s_exp(" in src and "s_log1p(" in src and "s_sin(" in src
