@@ -5,9 +5,9 @@ over 262,144 elements takes 4.1 ms where NumPy's SIMD ``tanh`` takes 0.44 ms.  T
 written with arithmetic, fused multiply-adds, ``floor``, ``copysign`` and integer shifts only, so a loop
 calling them vectorises (AVX2/AVX-512); each stays within a few ulp of libm (tests/compile/test_vmath.py measures
 it).  Generated modules import this after :mod:`tapegrad.compile.kernels.scalar`, so ``s_tanh``, ``s_exp``,
-``s_expm1``, ``s_log``, ``s_log1p``, ``s_sigmoid``, ``s_softplus``, ``s_sin`` and ``s_cos`` in their expressions are
-the ``v_`` functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p and expm1, 1.7x for
-sin and cos, whose reduction of huge arguments gathers from a table); the interpreter (tier 0) keeps libm.  Float32 arguments are computed in float64 and rounded once by the caller.  They are inlined in Numba's IR (``inline="always"``): with numba 0.65
+``s_expm1``, ``s_log``, ``s_log1p``, ``s_sigmoid`` and ``s_softplus`` in their expressions are the ``v_``
+functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p and expm1); the interpreter
+(tier 0) keeps libm.  ``v_sin``/``v_cos`` are here and tested but not wired in (see the end of the module).  Float32 arguments are computed in float64 and rounded once by the caller.  They are inlined in Numba's IR (``inline="always"``): with numba 0.65
 (LLVM 14) a large generated program kept them as calls, and a loop with a call does not vectorise.
 """
 
@@ -418,4 +418,5 @@ s_tanh = v_tanh
 s_azmul = v_azmul
 s_exp, s_expm1, s_log, s_log1p = v_exp, v_expm1, v_log, v_log1p
 s_sigmoid, s_softplus = v_sigmoid, v_softplus
-s_sin, s_cos = v_sin, v_cos
+# v_sin/v_cos are not wired in: their inlined reduction multiplied numba's compile time of generated modules
+# that call them (a clean-clone test run went from 8 to over 20 minutes); loops with sin/cos keep libm's
