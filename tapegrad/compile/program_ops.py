@@ -215,31 +215,39 @@ class OpTemplates:
             ind = loop.open(self.emit, "    ")
             self.emit(f"{ind}{buf}[{loop.index(0, ws)}] *= {self.read(x, loop, as_dt=dt)}")
 
+    def _scan_nest(self, o, axis, reverse, first, combine):
+        """Fill ``o`` by a loop nest in C order over its shape (``axis`` counting down with ``reverse``) where each
+        element is ``first(loop)`` at the start of the axis and ``combine(previous, loop)`` after it, so inner axes
+        vectorise; the sources come from ``self.read`` at the loop's position."""
+        shape = self.shapes[o]
+        buf = self.fresh(o)
+        if not self.loc[o].size:
+            return
+        step = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        loop = _Nest(shape)
+        ind = loop.open(self.emit, reverse=axis if reverse else None)
+        at = _nest_index(range(len(shape)), shape)
+        prev = f"{buf}[{at} {'+' if reverse else '-'} {step}]"
+        self.emit(f"{ind}if i{axis} == {shape[axis] - 1 if reverse else 0}:")
+        self.emit(f"{ind}    {buf}[{at}] = {first(loop)}")
+        self.emit(f"{ind}else:")
+        self.emit(f"{ind}    {buf}[{at}] = {combine(prev, loop)}")
+
     def _cumulative(self, k, op, args, outs, how):
-        """``cumsum``/``cumprod`` along ``op.axis`` (``reverse``: from the end): a loop nest in C order where each
-        element combines the previous one along the axis with its input, so inner axes vectorise."""
+        """``cumsum``/``cumprod`` along ``op.axis`` (``reverse``: from the end): each element combines the previous
+        one along the axis with its input (:meth:`_scan_nest`)."""
         x, o = args[0], outs[0]
         dt = self.dtypes[o]
         if dt not in ("float64", "float32", "int64"):
             raise Unsupported(f"cumulative op into {dt}")
         shape = self.shapes[o]
-        axis = op.axis % len(shape)
-        rev = getattr(op, "reverse", False)
-        buf = self.fresh(o)
-        if not self.loc[o].size:
-            return
         st = self.strides_for(x, shape)
-        step = int(np.prod(shape[axis + 1:], dtype=np.int64))
-        loop = _Nest(shape)
-        ind = loop.open(self.emit, reverse=axis if rev else None)
-        at = _nest_index(range(len(shape)), shape)
-        val = self.read(x, loop, strides=st, as_dt=dt)
-        edge = f"{shape[axis] - 1}" if rev else "0"
-        prev = f"{buf}[{at} {'+' if rev else '-'} {step}]"
-        self.emit(f"{ind}if i{axis} == {edge}:")
-        self.emit(f"{ind}    {buf}[{at}] = {val}")
-        self.emit(f"{ind}else:")
-        self.emit(f"{ind}    {buf}[{at}] = {prev} {how} {val}")
+
+        def val(loop):
+            return self.read(x, loop, strides=st, as_dt=dt)
+
+        self._scan_nest(o, op.axis % len(shape), getattr(op, "reverse", False), val,
+                        lambda prev, loop: f"{prev} {how} {val(loop)}")
 
     def op_cumsum(self, k, op, args, outs):
         self._cumulative(k, op, args, outs, "+")
@@ -249,8 +257,7 @@ class OpTemplates:
 
     def op_linrec(self, k, op, args, outs):
         """``s_i = b_i + a_i s_{i-1}`` (``reverse``: ``b_i + a_{i+1} s_{i+1}``) along ``op.axis``, the state's product
-        an absolute-zero multiply: the loop nest of :meth:`_cumulative`, reading the coefficient one step ahead
-        when reversed."""
+        an absolute-zero multiply (:meth:`_scan_nest`), the coefficient read one step ahead when reversed."""
         from tapegrad.compile.fused import _convert
 
         a, b, o = args[0], args[1], outs[0]
@@ -259,22 +266,18 @@ class OpTemplates:
             raise Unsupported(f"linrec into {dt}")
         shape = self.shapes[o]
         axis = op.axis % len(shape)
-        buf = self.fresh(o)
-        if not self.loc[o].size:
-            return
-        step = int(np.prod(shape[axis + 1:], dtype=np.int64))
-        loop = _Nest(shape)
-        ind = loop.open(self.emit, reverse=axis if op.reverse else None)
-        at = _nest_index(range(len(shape)), shape)
-        bval = self.read(b, loop, strides=self.strides_for(b, shape), as_dt=dt)
-        la, sa = self.loc[a], self.strides_for(a, shape)
-        aval = la.lit if la.lit is not None else f"{la.buf}[{loop.index(la.off + (sa[axis] if op.reverse else 0), sa)}]"
-        aval = _convert(aval, self.dtypes[a], dt)
-        edge = f"{shape[axis] - 1}" if op.reverse else "0"
-        self.emit(f"{ind}if i{axis} == {edge}:")
-        self.emit(f"{ind}    {buf}[{at}] = {bval}")
-        self.emit(f"{ind}else:")
-        self.emit(f"{ind}    {buf}[{at}] = {bval} + s_azmul({buf}[{at} {'+' if op.reverse else '-'} {step}], {aval})")
+        sb, la, sa = self.strides_for(b, shape), self.loc[a], self.strides_for(a, shape)
+
+        def bval(loop):
+            return self.read(b, loop, strides=sb, as_dt=dt)
+
+        ahead = sa[axis] if op.reverse else 0
+
+        def aval(loop):
+            src = la.lit if la.lit is not None else f"{la.buf}[{loop.index(la.off + ahead, sa)}]"
+            return _convert(src, self.dtypes[a], dt)
+
+        self._scan_nest(o, axis, op.reverse, bval, lambda prev, loop: f"{bval(loop)} + s_azmul({prev}, {aval(loop)})")
 
     def _tile_loops(self, reps, xshape):
         """Open loops ``r<d>, j<d>`` (tile, then position in it) per axis, in C order of the tiled array; returns
