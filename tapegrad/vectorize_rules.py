@@ -445,18 +445,11 @@ def _r_specify_shape(vec, node, ins):
 
 
 def _r_scan_axis(vec, node, ins):
-    (x, _), = ins
+    """A scan along its axis (one further in): cumsum, cumprod, and the linear recurrence, whose unbatched
+    operand is repeated along the batch."""
     op = copy.copy(node.op)
     op.axis = op.axis + 1 if op.axis >= 0 else op.axis
-    return [_b(op(x))]
-
-
-def _r_linrec(vec, node, ins):
-    """The recurrence along its axis (one further in); an unbatched operand is repeated along the batch."""
-    (a, ab), (b, bb) = ins
-    op = copy.copy(node.op)
-    op.axis = op.axis + 1 if op.axis >= 0 else op.axis
-    return [_b(op(vec.as_batched(a, ab), vec.as_batched(b, bb)))]
+    return [_b(op(*(vec.as_batched(x, b) for x, b in ins)))]
 
 
 def _r_axes_tuple(vec, node, ins):
@@ -529,8 +522,7 @@ def _rules():
             (alloc.Tile, _r_tile),
             (alloc.TileSum, _r_tile_sum),
             (alloc.SpecifyShape, _r_specify_shape),
-            ((cumulative.CumSum, cumulative.CumProd), _r_scan_axis),
-            (cumulative.LinRec, _r_linrec),
+            ((cumulative.CumSum, cumulative.CumProd, cumulative.LinRec), _r_scan_axis),
             ((nn._Normalized, nn.SumBroadcast), _r_axes_tuple),
             (cumulative.Ravel, _r_ravel),
             (shape.Shape, _r_shape),
