@@ -3,12 +3,16 @@
 Numba lowers ``np.tanh`` on a scalar to a call of libm's ``tanh``, which LLVM cannot vectorise: a loop
 over 262,144 elements takes 4.1 ms where NumPy's SIMD ``tanh`` takes 0.44 ms.  The functions here are
 written with arithmetic, fused multiply-adds, ``floor``, ``copysign`` and integer shifts only, so a loop
-calling them vectorises (AVX2/AVX-512); each stays within a few ulp of libm (tests/compile/test_vmath.py measures
-it).  Generated modules import this after :mod:`tapegrad.compile.kernels.scalar`, so ``s_tanh``, ``s_exp``,
-``s_expm1``, ``s_log``, ``s_log1p``, ``s_sigmoid`` and ``s_softplus`` in their expressions are the ``v_``
-functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p and expm1); the interpreter
-(tier 0) keeps libm.  ``v_sin``/``v_cos`` are here and tested but not wired in (see the end of the module).  Float32 arguments are computed in float64 and rounded once by the caller.  They are inlined in Numba's IR (``inline="always"``): with numba 0.65
-(LLVM 14) a large generated program kept them as calls, and a loop with a call does not vectorise.
+calling them vectorises (AVX2/AVX-512); each stays within a few ulp of libm (tests/compile/test_vmath.py
+measures it).  Generated modules import this after :mod:`tapegrad.compile.kernels.scalar`, so ``s_tanh``,
+``s_exp``, ``s_expm1``, ``s_log``, ``s_log1p``, ``s_sigmoid``, ``s_softplus`` and ``s_azmul`` in their
+expressions are the ``v_`` functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p
+and expm1); the interpreter (tier 0) keeps libm.  ``v_sin``/``v_cos`` are here and tested but not wired in
+(see the end of the module).  Float32 arguments are computed in float64 and rounded once by the caller.
+The module also holds ``v_tri_solve``, the triangular solve of the program tier.
+
+They are inlined in Numba's IR (``inline="always"``): with numba 0.65 (LLVM 14) a large generated program
+kept them as calls, and a loop with a call does not vectorise.
 """
 
 from __future__ import annotations
