@@ -12,18 +12,18 @@ import numpy as np
 from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
 from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
                                          _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
-                                         _read_strides, _sum_like_strides, par_chunks, par_range,
-                                         place_workspace)
+                                         _read_strides, _sum_like_strides, par_chunks, place_workspace)
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
+from tapegrad.compile.program_windows import WindowTemplates
 from tapegrad.compile.threads import program_threads
 from tapegrad.ops.elemwise import _IMPLS
 from tapegrad.registry import name_of
 
 _COPIES = ("SUM_LIKE", "BROADCAST_LIKE", "CAST", "SPECIFY_SHAPE", "IDENTITY")  # same shape and dtype: a no-op
 
-class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
+class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
     """Source generator for one tape at one shape signature."""
 
     def __init__(self, tape, shapes, dtypes, values, const_instrs, node):
@@ -703,95 +703,6 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates):
         product branch is always taken) or ``b`` a finite literal (``0 * b`` is then 0)."""
         a, b = (self._literal_value(s) for s in args)
         return (a is not None and math.isfinite(a) and a != 0) or (b is not None and math.isfinite(b))
-
-    def _shifted_plan(self, G, loop, shape, size, direct, deferred):
-        """When every write of the group goes to one 1-d buffer at several unit-stride windows (the adjoint
-        of ``x[1:]``, ``x[:-1]``, ...), the windows are evaluated per *output position* instead: the loop
-        runs over the buffer in segments, and at each position evaluates the members at the index each
-        active window needs (recomputing them for the shifted windows) and stores the sum once (assigned
-        into a buffer whose zero fill was deferred, else added).  No temporary, no read-modify-write
-        carried between iterations: vectorisable.  Returns ``(buffer, length, offsets, assign)`` or None."""
-        if not deferred or not size or len(shape) != 1 or not loop.flat:
-            return None
-        writes = [e for e in G["epi"] if e[0] == "write"]
-        bufs = {e[1] for e in writes}
-        if len(bufs) != 1:
-            return None
-        (buf,) = bufs
-        if any(e[3] != (1,) or not isinstance(e[2], int) or e[5] != "+=" for e in writes):
-            return None
-        slot = self._buffer_slot.get(buf)
-        if buf in G["unfilled"]:
-            total, assign = G["unfilled"][buf], True
-        elif slot is not None and len(self.shapes[slot]) == 1:
-            total, assign = self.shapes[slot][0], False
-        else:
-            return None
-        windows = []
-        for e in writes:
-            if e[2] not in windows:
-                windows.append(e[2])
-        return buf, total, windows, assign
-
-    def _emit_shifted(self, G, loop, members, ext, outs, plan):
-        from tapegrad.compile.fused import _convert
-
-        buf, total, windows, assign = plan
-        m = loop.shape[0]
-        o_d = windows[0]
-        cuts = sorted({0, total} | {min(max(w, 0), total) for w in windows} | {min(max(w + m, 0), total)
-                                                                               for w in windows})
-        by_member = {mm.out: mm for mm in members}
-
-        def needed(slots):
-            """Members (in order) and external slots the values of ``slots`` need."""
-            need, stack = set(), list(slots)
-            while stack:
-                sl = stack.pop()
-                mm = by_member.get(sl)
-                if mm is not None and sl not in need:
-                    need.add(sl)
-                    stack.extend(mm.data_args)
-            ms = [mm for mm in members if mm.out in need]
-            ex = []
-            for mm in ms:
-                for sl in mm.data_args:
-                    if sl not in by_member and sl not in ex:
-                        ex.append(sl)
-            for sl in slots:
-                if sl not in by_member and sl not in ex:
-                    ex.append(sl)
-            return ms, ex
-
-        writes = {w: [e for e in G["epi"] if e[0] == "write" and e[1] == buf and e[2] == w] for w in windows}
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if a >= b:
-                continue
-            active = [w for w in windows if w <= a and b <= w + m]
-            if not active:
-                if assign:
-                    self.emit(f"    {buf}[{a}:{b}] = 0")
-                continue
-            if loop.par and (b - a) * 8 >= m:  # the long segments (the edges of the windows stay serial)
-                ind = par_range(self.emit, "    ", "p", a, b, loop.par)
-            else:
-                self.emit(f"    for p in range({a}, {b}):")
-                ind = "        "
-            vals = []
-            for w in active:
-                var = "i" if w == o_d else self.tmp("j")
-                self.emit(f"{ind}{var} = p - {w}")
-                loop.var = var
-                if w == o_d:  # the primary evaluation: everything the group does, once per index
-                    tn = self._emit_eval(ind, loop, members, ext)
-                    self._emit_primary(ind, loop, G, tn, outs)  # (its writes all go to ``buf``: summed below)
-                else:
-                    ys = [e[4] for e in writes[w]]
-                    ms, ex = needed(ys)
-                    tn = self._emit_eval(ind, loop, ms, ex)
-                vals += [_convert(tn[e[4]], self.dtypes[e[4]], e[6]) for e in writes[w]]
-                loop.var = "i"
-            self.emit(f"{ind}{buf}[{'nn(p)' if loop.par else 'p'}] {'=' if assign else '+='} {' + '.join(vals)}")
 
     def instruction(self, k):
         tape = self.tape
