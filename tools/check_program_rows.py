@@ -3,6 +3,7 @@
 
     python tools/check_program_rows.py float64      # about 5 min on 2 cores
     python tools/check_program_rows.py float32
+    python tools/check_program_rows.py float64 --chain   # every tape cut into pieces of 3 instructions
 
 Prints ``BAD``/``ERR`` lines for mismatches and crashes, then counts (ok / fallback / bad / err) and why rows
 fell back (no template for an op, dynamic shapes).  Not part of the test suite (each row compiles its own
@@ -15,6 +16,11 @@ import tapegrad as tg
 from tests.ops.specs import ROWS
 from tests.ops.test_specs import _values, _variables, _as_list, _wrt, _mismatch
 from tapegrad.gradient import Lop
+if "--chain" in sys.argv:  # the chain of programs (tapegrad/compile/program_chain.py) on every row
+    sys.argv.remove("--chain")
+    import tapegrad.compile.program as _P
+    import tapegrad.compile.program_chain as _C
+    _P.MAX_INSTRUCTIONS, _C.CHUNK, _C.SLACK = 2, 3, 2
 dtypes = sys.argv[1].split(",") if len(sys.argv) > 1 else ["float64"]
 stats = {"ok": 0, "fallback": 0, "bad": 0, "err": 0}
 fallback_reasons = {}
@@ -53,6 +59,13 @@ for row in ROWS:
                 r = str(f._engine.program_error)[:60]
                 fallback_reasons[r] = fallback_reasons.get(r, 0) + 1
                 continue
+            if type(progs[0]).__name__ == "ChainProgram":
+                stats["chains"] = stats.get("chains", 0) + 1
+                got2 = f(*args)  # the chain's fast path, with its arrays reused
+                if any(_mismatch("again", a, b, 0) for a, b in zip(got2, got)):
+                    stats["bad"] += 1
+                    print("BAD", row.id, dtype, "second call differs", flush=True)
+                    continue
             rt = 1e-9 if dtype == "float64" else 1e-5
             msgs = [m for m in (_mismatch(f"out{k}", a, b, rt) for k, (a, b) in enumerate(zip(got, ref))) if m]
             for a, b in zip(got, ref):

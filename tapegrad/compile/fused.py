@@ -360,6 +360,15 @@ class GeneratedModule:
     def done(self):
         return self._done.is_set()
 
+    def wait_unless_queued(self):
+        """For work already running on the background thread: compile here, or wait for a compile running on
+        another thread, but not for one queued on the background thread (it would wait forever)."""
+        with _LOCK:
+            queued = self._future is not None and self._future is not True
+        if not queued:
+            self.wait()
+        return self
+
 
 class FusedKernel(GeneratedModule):
     """The compiled loop of one group structure."""

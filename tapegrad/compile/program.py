@@ -23,6 +23,8 @@ slot shapes::
   scatters, fills, ``roll``, ``concatenate`` and ``dot``/``matmul`` (BLAS
   through ``np.dot``) have templates; a tape with any other instruction gets
   no program (:class:`Unsupported`) and stays on tiers 0/1.
+* A tape longer than :data:`MAX_INSTRUCTIONS` runs as a chain of programs
+  over its pieces (:mod:`tapegrad.compile.program_chain`).
 * The module is written to the fused-kernel cache folder under the hash of
   its source, so numba's disk cache finds the machine code in the next
   process; :class:`Program` compiles it on the background thread of the
@@ -44,11 +46,14 @@ from tapegrad.compile.program_gen import _Gen
 from tapegrad.compile.program_ir import (  # noqa: F401  (the tier's limits and error, re-exported)
     FASTMATH, MAX_INSTRUCTIONS, PROGRAM_VERSION, Unsupported)
 
-def generate(tape, shapes, dtypes, values, const_instrs, node, serial=False):
+def generate(tape, shapes, dtypes, values, const_instrs, node, serial=False, into=()):
     """``(source, array constants, workspace)`` of the program of ``tape`` at these slot shapes (raises
     Unsupported); ``workspace`` lists ``(dtype, length)`` of the workspace parameters, after the constants.
-    ``serial``: no parallel loops, whatever :func:`~tapegrad.compile.threads.program_threads` says."""
+    ``serial``: no parallel loops, whatever :func:`~tapegrad.compile.threads.program_threads` says.
+    ``into``: slots (not results) the program writes into flat arrays the caller passes after the inputs and
+    shared values, one per slot in this order (a chain's values for its later pieces)."""
     g = _Gen(tape, shapes, dtypes, values or {}, const_instrs or (), node)
+    g.into = {int(s): f"y{j}" for j, s in enumerate(into)}
     if serial:
         g.threads = 1
     src = g.generate()
@@ -123,7 +128,10 @@ def _numba_type(a):
 
 
 def get_program(source, consts, input_shapes, input_dtypes, n_outputs, background=False, only_if_cached=False,
-                workspace=()):
+                workspace=(), start=True):
+    """The process-wide :class:`Program` of this source and constants: compiled here (``background`` False) or
+    queued on the background thread (True; with ``start`` False, neither: the caller decides).  With
+    ``only_if_cached``: None unless an earlier process left it in the disk cache."""
     p = Program(source, consts, input_shapes, input_dtypes, n_outputs, workspace)
     with _LOCK:
         q = _PROGRAMS.get(p.name)
@@ -135,13 +143,20 @@ def get_program(source, consts, input_shapes, input_dtypes, n_outputs, backgroun
     if only_if_cached and not q.done():
         background = False
     if background:
-        q.start()
+        if start:
+            q.start()
     else:
         q.wait()
     return q
 
 
 # --------------------------------------------------------------------------- engine side
+def c_array(a, dtype):
+    """``a`` as a C-contiguous array of ``dtype``, keeping its rank (``np.ascontiguousarray`` makes 0-d arrays 1-d,
+    which is another Numba type: the program would be compiled a second time, on the calling thread)."""
+    return np.asarray(a, dtype=dtype, order="C")
+
+
 class EngineProgram:
     """A :class:`Program` bound to a CPU engine's signature: ``run(inputs, shared)`` like ``Plan.execute``,
     and ``fast_call(args)`` for :class:`~tapegrad.compile.function.Function`'s fast path."""
@@ -171,6 +186,19 @@ class EngineProgram:
         that fails to compile here is made again without them (``serial``): Numba's parfor passes have had
         bugs its serial compile does not share."""
         tape = engine.tape
+        if len(tape) > MAX_INSTRUCTIONS:  # too long for one program: a chain of programs over its pieces
+            from tapegrad.compile.program_chain import ChainProgram
+
+            try:
+                return ChainProgram.make(engine, plan, background, only_if_cached, serial)
+            except Unsupported as e:
+                engine.program_error = e
+                return None
+            except Exception as e:  # noqa: BLE001 - a compile error (raised when compiled here)
+                if serial:
+                    raise
+                engine.program_error = e
+                return ChainProgram.make(engine, plan, background, only_if_cached, serial=True)
         try:
             src, consts, ws = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
                                        engine.node, serial=serial)
@@ -209,8 +237,8 @@ class EngineProgram:
         return self.program.done() and self.program.fn is None
 
     def run(self, inputs, shared):
-        args = [np.ascontiguousarray(a, dtype=d) for a, d in zip(inputs, self.in_dtypes)]
-        args += [np.ascontiguousarray(a, dtype=d) for a, d in zip(shared, self.sh_dtypes)]
+        args = [c_array(a, d) for a, d in zip(inputs, self.in_dtypes)]
+        args += [c_array(a, d) for a, d in zip(shared, self.sh_dtypes)]
         res = [np.asarray(r, dtype=d) if d is not None else r
                for r, d in zip(self.program.fn(*args, *self.program.consts, *self.workspace()), self.scalar_dtypes)]
         return res[:self.n_outputs], res[self.n_outputs:]

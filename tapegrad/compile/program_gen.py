@@ -47,6 +47,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
         self.ws_bufs = {}  # buffer name -> (dtype, size): windows of the workspace (top-level code only)
         self.ws_sizes = {}  # dtype -> workspace length (elements), set by generate()
         self.pinned = set()
+        self.into = {}  # slot -> parameter: a flat array the caller passes, which the slot's value is written into
+        self.into_bound = set()  # slots of ``into`` whose buffer is that parameter
         self.result_like = set()
         self.cur_k = -1  # the instruction being placed
         self.threads = program_threads()  # > 1: big top-level fused loops run as prange over chunks
@@ -105,6 +107,13 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
         shape = self.shapes[s]
         n = max(int(np.prod(shape, dtype=np.int64)), 1) if shape == () else int(np.prod(shape, dtype=np.int64))
         name = f"{self.prefix}b{s}"
+        if self.root is self and s in self.into:  # written straight into the caller's array
+            self.emit(f"    {name} = {self.into[s]}")
+            if zero:
+                self.emit(f"    {name}[:] = 0")
+            self.loc[s] = _Loc(shape, buf=name, owned=True)
+            self.into_bound.add(s)
+            return name
         self._new_array(name, n, dt, zero, workspace=not keep and s not in self.result_like)
         self.loc[s] = _Loc(shape, buf=name, owned=True)
         return name
@@ -141,7 +150,11 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
                 n = int(np.prod(self.shapes[s], dtype=np.int64))
                 self.emit(f"    {stem}{j} = {stem}{j}.reshape({n})")
                 self.loc[int(s)] = _Loc(self.shapes[s], buf=f"{stem}{j}")
+        self.params += list(self.into.values())
         self.emit_tape()
+        for s, y in self.into.items():  # values not made in their parameter (views, aliases, literals): copied in
+            if s not in self.into_bound or self.loc[s].buf != f"b{s}":
+                self.copy_out(s, into=y)
         inputs = set(int(s) for s in tape.input_slots) | set(int(s) for s in tape.shared_slots)
         outs = []
         seen = set()
@@ -194,12 +207,16 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
             self.place(k)
         self.close()
 
-    def copy_out(self, s):
+    def copy_out(self, s, into=None):
+        """A fresh flat array (or the parameter ``into``) holding slot ``s``'s value; returns its name."""
         loc = self.loc[s]
         dt = self.dtypes[s]
-        name = self.tmp("o")
         n = max(loc.size, 1) if loc.shape == () else loc.size
-        self.emit(f"    {name} = np.empty({n}, np.{dt})")
+        if into is None:
+            name = self.tmp("o")
+            self.emit(f"    {name} = np.empty({n}, np.{dt})")
+        else:
+            name = into
         loop = _Loop(loc.shape, [self.strides_for(s, loc.shape), row_major(loc.shape)])
         if loc.size:
             ind = loop.open(self.emit, "    ")
@@ -211,11 +228,17 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
         """Readers of each slot, and accumulation trees: ``add`` nodes over zero-based scatters whose
         every partial value is read once, so all of them can add into the root's buffer."""
         tape = self.tape
+        from tapegrad.tape.fuse import shape_only_args
+
         self.readers = {}
+        self.value_readers = {}  # the readers that need the value, not only the shape (sum_like's reference)
         for k in range(len(tape)):
+            shape_only = shape_only_args(tape, k)
             for s in tape.instr_args(k):
                 self.readers.setdefault(int(s), []).append(k)
-        self.pinned = set(int(s) for s in tape.output_slots) | set(int(s) for s in tape.update_slots)
+                if int(s) not in shape_only:
+                    self.value_readers.setdefault(int(s), []).append(k)
+        self.pinned = set(int(s) for s in tape.output_slots) | set(int(s) for s in tape.update_slots) | set(self.into)
         self._buffer_slot = {}
         names = [name_of(int(c)) for c in tape.codes]
         # slots whose buffer a result shares through same-shape copies (the gradient's sum_like): they get
@@ -229,6 +252,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
                 self.result_like.add(int(a[0]))
         root = {}  # slot -> its tree's root slot
         members = {}  # root -> slots of the tree
+        dense = {}  # add slot -> the full-shape value it adds to its tree's buffer
         for k in range(len(tape)):
             if k in self.const_instrs:
                 continue
@@ -241,16 +265,26 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
                 members[o] = [o]
             elif names[k] == "ADD":
                 a, b = (int(s) for s in tape.instr_args(k))
-                if (a != b and a in root and b in root and root[a] == a and root[b] == b
-                        and all(len(self.readers.get(s, ())) == 1 and s not in self.pinned for s in (a, b))
-                        and self.shapes[a] == self.shapes[b] == self.shapes[o]
-                        and self.dtypes[a] == self.dtypes[b] == self.dtypes[o]
-                        and self.dtypes[o] in ("float64", "float32")):
+                if (a == b or any(len(self.readers.get(s, ())) != 1 or s in self.pinned for s in (a, b))
+                        or not self.shapes[a] == self.shapes[b] == self.shapes[o]
+                        or not self.dtypes[a] == self.dtypes[b] == self.dtypes[o]
+                        or self.dtypes[o] not in ("float64", "float32")):
+                    continue
+                if a in root and b in root and root[a] == a and root[b] == b:
                     ms = members.pop(a) + members.pop(b) + [o]
-                    for s in ms:
-                        root[s] = o
-                    members[o] = ms
+                elif (a in root) != (b in root) and root.get(a, root.get(b)) in (a, b):
+                    # a tree plus a value of the full shape (the gradient of ``u`` where ``u`` is also read
+                    # through slices): the value is one more ``+=`` into the tree's buffer, a dense leaf
+                    r, d = (a, b) if a in root else (b, a)
+                    ms = members.pop(r) + [o]
+                    dense[o] = d
+                else:
+                    continue
+                for s in ms:
+                    root[s] = o
+                members[o] = ms
         self.tree_root = {s: r for s, r in root.items() if len(members[r]) > 1}
+        self.tree_dense = {o: d for o, d in dense.items() if o in self.tree_root}
         self.tree_started = set()  # roots whose buffer exists (zero-filled)
 
     # ------------------------------------------------------------------ placement
@@ -269,15 +303,15 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
         if k in self.const_instrs:
             return
         outs = [int(s) for s in tape.instr_outs(k)]
+        name = name_of(int(tape.codes[k]))
+        if name == "ADD" and outs[0] in self.tree_root:  # (the root is located once its tree starts)
+            self._tree_add(outs[0])
+            return
         if all(s in self.loc for s in outs):
             return
         args = [int(s) for s in tape.instr_args(k)]
-        name = name_of(int(tape.codes[k]))
         if self._literal(k, name, args, outs):
             self.lit_instrs.add(k)
-            return
-        if name == "ADD" and outs[0] in self.tree_root:
-            self._tree_add(outs[0])
             return
         if (name in _COPIES and len(outs) == 1
                 and self._before(args[0]) and self.shapes[args[0]] == self.shapes[outs[0]]
@@ -474,11 +508,26 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
 
     def _tree_add(self, o):
         """An ``add`` inside an accumulation tree: its value is the tree buffer (complete when the root's
-        last write has run)."""
+        last write has run).  An add of a dense leaf writes that value into the buffer with ``+=``: in the open
+        group's loop when it has the tree's shape, else in a loop of its own."""
         rt = self.tree_root[o]
         if rt not in self.tree_started:
             raise Unsupported("accumulation tree without a write")
         self.loc[o] = self.loc[rt]
+        d = self.tree_dense.get(o)
+        if d is not None:
+            buf, shape, G = self.loc[rt].buf, self.shapes[o], self.G
+            if G is not None and tuple(G["shape"]) == shape and (self._in_group(d) or self._before(d)):
+                G["epi"].append(("write", buf, 0, tuple(row_major(shape)), d, "+=", self.dtypes[o]))
+                G["after"].add(rt)
+                G["absorbed"].add(self.cur_k)  # the add reads the value in the loop: d need not be stored
+            else:
+                if G is not None:
+                    self.close()
+                loop = _Loop(shape, [self.strides_for(d, shape), row_major(shape)])
+                if self.loc[o].size:
+                    ind = loop.open(self.emit, "    ")
+                    self.emit(f"{ind}{buf}[{loop.out_index()}] += {self.read(d, loop, as_dt=self.dtypes[o])}")
         if self.G is not None and rt in self.G["after"]:
             self.G["after"].add(o)
 
@@ -520,11 +569,11 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
                 ext.append(src)
         # reductions nobody reads (the cost inside an HVP's tape: only its shape was used)
         G["epi"] = [e for e in G["epi"] if e[0] not in ("acc", "sum") or e[-1] in self.pinned
-                    or any(r not in self.lit_instrs for r in self.readers.get(e[-1], ()))]
+                    or any(r not in self.lit_instrs for r in self.value_readers.get(e[-1], ()))]
         ks = {m.k for m in members}
         outs = [m.out for m in members if m.out in self.pinned
                 or any(r not in ks and r not in G["absorbed"] and r not in self.lit_instrs
-                       for r in self.readers.get(m.out, ()))]
+                       for r in self.value_readers.get(m.out, ()))]
         for s in mine:
             del self.loc[s]
         # a copy member that changes nothing (a same-shape sum_like, a same-dtype cast: the adjoint's

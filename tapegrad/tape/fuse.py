@@ -149,6 +149,29 @@ def _const_value(tape, s):
     return cache.get(int(s))
 
 
+# argument positions an op reads only for their shape (None: every argument)
+_SHAPE_ONLY = {"SUM_LIKE": (1,), "BROADCAST_LIKE": (1,), "BROADCAST_REDUCED": (1,), "SUBTENSOR_SCATTER": (0,),
+               "ZEROS_LIKE": None, "ONES_LIKE": None, "SHAPE_I": None, "SHAPE": None}
+
+
+def shape_only_args(tape, k):
+    """The slots instruction ``k`` reads only for their shape (never their values): the reference of
+    ``sum_like``/``broadcast_like``/``broadcast_reduced``, the base of a two-argument ``subtensor_scatter``
+    (it scatters into zeros), the argument of ``zeros_like``/``ones_like``/``shape_i``.  A slot that the
+    instruction also reads as a value is not among them."""
+    name = name_of(int(tape.codes[k]))
+    if name not in _SHAPE_ONLY:
+        return frozenset()
+    args = [int(s) for s in tape.instr_args(k)]
+    pos = _SHAPE_ONLY[name]
+    if name == "SUBTENSOR_SCATTER" and len(args) != 2:
+        return frozenset()
+    if pos is None:
+        return frozenset(args)
+    shape = {args[j] for j in pos if j < len(args)}
+    return frozenset(shape - {a for j, a in enumerate(args) if j not in pos})
+
+
 def _member(tape, k, shapes, dtypes, gather=False):
     """A :class:`Member` for instruction ``k`` when it is fusible at these shapes, else None.  ``gather``: also
     ``roll`` of a 1-d array by a constant shift (kind ``"roll"``: the loop reads its input at a shifted index,

@@ -546,3 +546,29 @@ def test_triangular_solve_with_a_zero_on_the_diagonal_raises_like_lu():
     for kw in ({"device": "python"}, {"device": "cpu", "tier": "program"}, {"device": "cpu", "tier": "interp"}):
         with pytest.raises(np.linalg.LinAlgError, match="[Ss]ingular"):
             tg.function([A, b], x, **kw)(a, np.ones(4))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradient_of_a_value_also_read_through_slices_adds_into_one_buffer(dtype):
+    """The gradient of ``u`` in a stencil is ``u``'s own term plus the scatters of ``u[:1]``, ``u[:-1]``, ...: the
+    full-shape term is one more ``+=`` into the scatters' buffer (a dense leaf of the accumulation tree), so no
+    zero-filled temporary per scatter; values read only for their shape (``2 * u`` in the gradient's
+    ``sum_like``) are not stored."""
+    u, k = tg.vector("u", dtype=dtype), tg.scalar("k", dtype=dtype)
+    nxt = u + 0.1 * k * (tg.concatenate([u[:1], u[:-1]]) - 2 * u + tg.concatenate([u[1:], u[-1:]]))
+    cost = tg.sum(nxt ** 2)
+    f = _run([u, k], [cost, *tg.grad(cost, [u, k])], RNG.standard_normal(50).astype(dtype), np.asarray(0.7, dtype))
+    src = list(f._engine._programs.values())[0].program.source
+    assert src.count("[:] = 0") == 0, src
+    # the two shifted copies, the stencil (for k's gradient) and two gradient terms; not 2 * u, not a temporary
+    # per scatter (before dense leaves and shape-only reads: 7, and 4 zero-filled ones)
+    assert src.count("np.empty(50,") == 5 and src.count("np.zeros(50,") == 1, src
+
+
+def test_a_tree_whose_root_adds_a_dense_value():
+    # the gradient of x in inc_subtensor(x[1:, [1, 1]], y): set_subtensor(v, 0) + a scatter, at the tree's root
+    x, y = tg.dmatrix("x"), tg.dmatrix("y")
+    out = tg.inc_subtensor(x[1:, [1, 1]], y)
+    v = tg.dmatrix("v")
+    g = tg.Lop(out, [x, y], v)
+    _run([x, y, v], [out, *g], RNG.standard_normal((3, 4)), RNG.standard_normal((2, 2)), RNG.standard_normal((3, 4)))
