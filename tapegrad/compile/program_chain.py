@@ -167,7 +167,7 @@ class ChainProgram:
         self.in_shapes = [tuple(s) for s in in_shapes]
         self.scalar_dtypes = [None if d is None else np.dtype(d) for d in scalar_dtypes]
         self._fast = None
-        self._local = threading.local()  # .bufs: this thread's arrays of the values passed between pieces
+        self._local = threading.local()  # .state: this thread's calls (see _state)
 
     @property
     def program(self):
@@ -281,20 +281,47 @@ class ChainProgram:
         return any(p.ep.failed() for p in self.pieces)
 
     # -- running
+    def _state(self):
+        """This thread's calls, built on its first: per piece ``(fn, args, fills, ret, ret_scalar)`` where
+        ``args`` holds the arrays that stay (the values passed between pieces, written into this thread's
+        arrays; constants; the workspace) and ``fills`` the ``(position, slot)`` of the rest (the function's
+        inputs, results returned by earlier pieces), set per call."""
+        state = getattr(self._local, "state", None)
+        if state is None:
+            into = {}  # slot -> (flat array passed to its piece, the same in the slot's shape)
+            state = []
+            for p in self.pieces:
+                prog = p.ep.program
+                ys = [np.empty(n, d) for n, d in zip(p.into_sizes, p.into_dtypes)]
+                args, fills = [], []
+                for s in p.inputs:
+                    if s in into:
+                        args.append(into[s][1])
+                    else:
+                        fills.append((len(args), s))
+                        args.append(None)
+                args += ys + list(prog.consts) + list(p.ep.workspace())
+                for s, y, shape in zip(p.into, ys, p.into_shapes):
+                    into[s] = (y, y.reshape(shape))
+                state.append((prog.fn, args, fills, p.ret, p.ret_scalar))
+            self._local.state = state
+        return state
+
     def _chain(self, given):
         """Results (outputs, then updates) from ``given``: the function's input and shared arrays, in order."""
         env = dict(zip(self.in_slots, given))
-        bufs = getattr(self._local, "bufs", None)
-        if bufs is None:
-            bufs = self._local.bufs = [[np.empty(n, d) for n, d in zip(p.into_sizes, p.into_dtypes)]
-                                       for p in self.pieces]
-        for p, ys in zip(self.pieces, bufs):
-            prog = p.ep.program
-            got = prog.fn(*[env[s] for s in p.inputs], *ys, *prog.consts, *p.ep.workspace())
-            for s, y, shape in zip(p.into, ys, p.into_shapes):
-                env[s] = y.reshape(shape)
-            for s, r, d in zip(p.ret, got, p.ret_scalar):
-                env[s] = r if d is None else np.asarray(r, dtype=d)
+        state = self._state()
+        try:
+            for fn, args, fills, ret, ret_scalar in state:
+                for j, s in fills:
+                    args[j] = env[s]
+                got = fn(*args)
+                for s, r, d in zip(ret, got, ret_scalar):
+                    env[s] = r if d is None else np.asarray(r, dtype=d)
+        finally:
+            for _, args, fills, _, _ in state:  # hold no reference to this call's arrays
+                for j, _ in fills:
+                    args[j] = None
         res, seen = [], set()
         n_in = len(self.in_slots)
         for s in self.results:
@@ -344,8 +371,9 @@ class _PendingChain:
     def __init__(self, future):
         self._future = future
 
-    def _chain(self):
-        return self._future.result() if self._future.done() else None
+    def built(self):
+        """The :class:`ChainProgram` once generated, else None."""
+        return self._future.result() if self._future.done() and self._future.exception() is None else None
 
     def ready(self):
         return self._future.done() and self._future.exception() is None and self._future.result().ready()
