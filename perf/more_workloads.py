@@ -11,8 +11,8 @@ each other (largest difference relative to the largest value).  It prints a tabl
 saves a bar chart of the ratios beside it (if matplotlib is importable).
 
 * logistic regression, 100,000 x 50 (a GEMV, ``log1p(exp(.))``);
-* 1-D heat equation, 10^5 points, 50 explicit steps unrolled (shifted windows, 2,000 instructions: beyond the
-  program tier's size limit);
+* 1-D heat equation, 10^5 points, 50 explicit steps unrolled (shifted windows, 2,000 instructions: beyond one
+  program's size limit, so a chain of programs);
 * softmax cross-entropy, 2048 x 256 x 100 (two GEMMs, row max/sum);
 * Gaussian-process negative log-likelihood, n = 200, d = 3 (pairwise distances, ``cholesky``, ``solve``);
 * a tiny two-layer tanh network, 8 x 16 x 16 (call overhead);
@@ -102,7 +102,8 @@ def build_tapegrad(fn, args, wrt):
     _executor().submit(lambda: None).result()
     for _ in range(3):
         f(*args)
-    tier = "program" if getattr(f._engine, "fast", None) is not None else "interp/fused"
+    fast = getattr(f._engine, "fast", None)
+    tier = "interp/fused" if fast is None else f"chain of {len(fast.pieces)}" if hasattr(fast, "pieces") else "program"
     return (lambda: f(*args)), [np.asarray(v) for v in first], first_s, tier
 
 
