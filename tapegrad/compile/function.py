@@ -242,6 +242,12 @@ class Function:
         if plan is None:
             raise ValueError(f"njit entry of {self._what()}: call the function once first, or pass example arguments to "
                              "as_njit(...), so the input shapes are known")
+        from tapegrad.compile import program as _program
+
+        if len(engine.tape) > _program.MAX_INSTRUCTIONS:
+            raise NotImplementedError(f"njit entry of {self._what()}: its tape has {len(engine.tape)} instructions, more "
+                                      f"than one program takes ({_program.MAX_INSTRUCTIONS}); it runs as a chain of "
+                                      "programs, which has no single njit entry")
         shapes = tuple(tuple(plan.shapes[s]) for s in self.tape.input_slots)
         cache = self.__dict__.setdefault("_njit_entries", {})
         entry = cache.get(shapes)
