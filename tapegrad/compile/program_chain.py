@@ -198,7 +198,7 @@ class ChainProgram:
     def _build(cls, engine, plan, background, serial):
         """``background``: False, compile each piece on this thread; True, queue the compiles on the background
         thread; None, this is the background thread (compile here unless a piece's compile is queued)."""
-        from tapegrad.compile.program import EngineProgram, generate, get_program
+        from tapegrad.compile.program import EngineProgram, _is_parallel, generate, get_program
 
         tape = engine.tape
         skip = set(int(k) for k in plan.const_instrs)
@@ -235,15 +235,22 @@ class ChainProgram:
             sub.output_slots = sub.output_slots[:len(ret)]
             local = {s: j for j, s in enumerate(used)}
             local_values = {local[s]: v for s, v in values.items() if s in local}
-            src, cvals, ws = generate(sub, [plan.shapes[s] for s in used], [dts[s] for s in used], local_values, (),
-                                      lambda k, instrs=instrs: engine.node(instrs[k]), serial=serial,
-                                      into=[local[s] for s in into])
             sizes = [int(np.prod(plan.shapes[s], dtype=np.int64)) if len(plan.shapes[s]) else 1 for s in into]
             shapes = [plan.shapes[s] for s in inputs] + [(n,) for n in sizes]
-            prog = get_program(src, cvals, shapes, [dts[s] for s in inputs + into], len(ret),
-                               background=background is not False, workspace=ws, start=background is not None)
-            if background is None:  # this is the background thread: the pieces compile here, one by one
-                prog.wait_unless_queued()
+            for serial_piece in ((True,) if serial else (False, True)):
+                src, cvals, ws = generate(sub, [plan.shapes[s] for s in used], [dts[s] for s in used], local_values,
+                                          (), lambda k, instrs=instrs: engine.node(instrs[k]), serial=serial_piece,
+                                          into=[local[s] for s in into])
+                try:
+                    prog = get_program(src, cvals, shapes, [dts[s] for s in inputs + into], len(ret),
+                                       background=background is not False, workspace=ws,
+                                       start=background is not None)
+                    if background is None:  # this is the background thread: the pieces compile here, in turn
+                        prog.wait_unless_queued()
+                    break
+                except Exception:  # noqa: BLE001 - as EngineProgram.make: a piece with parallel loops that Numba
+                    if serial_piece or not _is_parallel(src):  # fails to compile is made again without them
+                        raise
             ep = EngineProgram(prog, [dts[s] for s in inputs], [], len(ret), shapes, [None] * len(ret))
             pieces.append(_Piece(ep, inputs, ret, into, [np.dtype(dts[s]) for s in into], sizes,
                                  [tuple(plan.shapes[s]) for s in into],

@@ -197,3 +197,41 @@ def test_a_parallel_program_that_fails_to_compile_is_made_serial(two_threads, mo
     assert f._engine.fast is prog
     for a, b in zip(out, ref):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_a_chain_piece_with_parallel_loops_that_fails_to_compile_is_made_serial(two_threads, monkeypatch):
+    from tapegrad.compile import program as P
+    from tapegrad.compile import program_chain as C
+
+    monkeypatch.setattr(P, "PROGRAM_AFTER_USES", 3)
+    monkeypatch.setattr(P, "MAX_INSTRUCTIONS", 6)  # a chain of small pieces, built on the background thread
+    monkeypatch.setattr(C, "CHUNK", 5)
+    monkeypatch.setattr(C, "SLACK", 2)
+    build = P.Program._build
+
+    def parfor_bug(self, fn):
+        if "parallel=True" in self.source:
+            raise RuntimeError("simulated parfor lowering error")
+        return build(self, fn)
+
+    monkeypatch.setattr(P.Program, "_build", parfor_bug)
+    x = tg.dvector("x")
+    y = x
+    for j in range(2):
+        y = tg.exp(-y * y) * tg.cos(y / (3.0 + j))  # tapes no other test compiles: the failures are not cached
+    c = tg.sum(y)
+    xv = RNG.standard_normal(N)
+    ref = tg.function([x], [c, tg.grad(c, x)], device="python")(xv)
+    f = tg.function([x], [c, tg.grad(c, x)])
+    for _ in range(5):
+        out = f(xv)
+    from tapegrad.compile.fused import _executor
+
+    _executor().submit(lambda: None).result()
+    out = f(xv)
+    (prog,) = f._engine._programs.values()
+    assert prog.ready() and len(prog.pieces) > 1
+    assert not any("prange(" in src for src in prog.sources)
+    assert f._engine.fast is prog
+    for a, b in zip(out, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
