@@ -169,19 +169,25 @@ def test_parallel_program_is_safe_for_threads_fork_and_njit_callers():
     assert out.strip().endswith("(2, 'tbb')")
 
 
-@pytest.mark.parametrize("tier", ["program", None])
-def test_a_parallel_program_that_fails_to_compile_is_made_serial(two_threads, monkeypatch, tier):
+@pytest.fixture
+def parfor_bug(two_threads, monkeypatch):
+    """Programs are written with parallel loops, and Numba "fails" to compile those; tier auto compiles after the
+    library's default number of calls (the suite sets "never")."""
     from tapegrad.compile import program as P
 
-    monkeypatch.setattr(P, "PROGRAM_AFTER_USES", 3)  # the library default (the suite sets "never")
+    monkeypatch.setattr(P, "PROGRAM_AFTER_USES", 3)
     build = P.Program._build
 
-    def parfor_bug(self, fn):
+    def fail_parallel(self, fn):
         if "parallel=True" in self.source:
             raise RuntimeError("simulated parfor lowering error")
         return build(self, fn)
 
-    monkeypatch.setattr(P.Program, "_build", parfor_bug)
+    monkeypatch.setattr(P.Program, "_build", fail_parallel)
+
+
+@pytest.mark.parametrize("tier", ["program", None])
+def test_a_parallel_program_that_fails_to_compile_is_made_serial(parfor_bug, tier):
     x = tg.dvector("x")
     c = tg.sum(tg.exp(x) * tg.cos(x / 3.0))  # a tape no other test compiles: the failure is not cached
     xv = RNG.standard_normal(N)
@@ -199,22 +205,13 @@ def test_a_parallel_program_that_fails_to_compile_is_made_serial(two_threads, mo
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
-def test_a_chain_piece_with_parallel_loops_that_fails_to_compile_is_made_serial(two_threads, monkeypatch):
+def test_a_chain_piece_with_parallel_loops_that_fails_to_compile_is_made_serial(parfor_bug, monkeypatch):
     from tapegrad.compile import program as P
     from tapegrad.compile import program_chain as C
 
-    monkeypatch.setattr(P, "PROGRAM_AFTER_USES", 3)
     monkeypatch.setattr(P, "MAX_INSTRUCTIONS", 6)  # a chain of small pieces, built on the background thread
     monkeypatch.setattr(C, "CHUNK", 5)
     monkeypatch.setattr(C, "SLACK", 2)
-    build = P.Program._build
-
-    def parfor_bug(self, fn):
-        if "parallel=True" in self.source:
-            raise RuntimeError("simulated parfor lowering error")
-        return build(self, fn)
-
-    monkeypatch.setattr(P.Program, "_build", parfor_bug)
     x = tg.dvector("x")
     y = x
     for j in range(2):
