@@ -53,5 +53,27 @@ if settings is not None:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
+_SIM_TEST = "tests/compile/test_cuda.py::test_cuda_engine_matches_python_under_simulator"
+_EARLY = []  # test modules whose worker was started at collection
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(session, config, items):
+    """Start the CUDA-simulator worker of ``_SIM_TEST`` now when that test will run, and run the test last: the
+    worker runs in a subprocess on the second core while the other tests run (see ``tests/compile/test_cuda.py``),
+    and the test only collects its report."""
+    for item in list(items):
+        if item.nodeid == _SIM_TEST:
+            item.module.start_early()
+            _EARLY.append(item.module)
+            items.remove(item)
+            items.append(item)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for mod in _EARLY:
+        mod.stop_early()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running tests (deselect with -m 'not slow')")

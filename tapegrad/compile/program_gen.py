@@ -232,7 +232,10 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
 
         self.readers = {}
         self.value_readers = {}  # the readers that need the value, not only the shape (sum_like's reference)
+        self.producer = {}  # slot -> the instruction that makes it
         for k in range(len(tape)):
+            for s in tape.instr_outs(k):
+                self.producer[int(s)] = k
             shape_only = shape_only_args(tape, k)
             for s in tape.instr_args(k):
                 self.readers.setdefault(int(s), []).append(k)

@@ -9,6 +9,7 @@ import numpy as np
 from tapegrad.compile.kernels.steps import row_major
 from tapegrad.compile.program_ir import (THIN_K, THIN_MIN, Unsupported, _axis_strides, _lit, _Loc, _Loop, _Nest,
                                          _nest_index, _off_add)
+from tapegrad.registry import name_of
 
 
 class _DotMember:
@@ -135,7 +136,60 @@ class ProductTemplates:
         if any(n == 0 for s in (a, b) for n in self.shapes[s]):
             raise Unsupported("dot of an empty operand")
         matrices = len(self.shapes[a]) == 2 and len(self.shapes[b]) == 2
+        if matrices and self._diag_product(a, b, o):
+            return
         self._dot_into(o, self._as_array(a), self._as_array(b), matrices)
+
+    def _diag_of(self, s):
+        """``v`` when slot ``s`` is ``diag_embed(v, ...)`` of a vector (a square matrix, ``v`` on its diagonal)."""
+        k = self.producer.get(s)
+        if k is None or name_of(int(self.tape.codes[k])) != "DIAG_EMBED":
+            return None
+        op, v = self.tape.ops[k], int(self.tape.instr_args(k)[0])
+        if op.offset != 0 or op.trace or len(self.shapes[v]) != 1 or not self._before(v):
+            return None
+        return v
+
+    def _diag_product(self, a, b, o):
+        """``A @ diag(v)`` (or ``diag(v) @ B``): each column (row) of ``A`` (``B``) scaled, instead of a product
+        with n - 1 zeros per term.  Exact: a product term with an off-diagonal zero is 0, or NaN where the other
+        factor is inf or NaN, so an element is NaN when its row (column) has a non-finite value other than the
+        one it scales; the sum of the zero terms is zero (its sign, as BLAS's, is unspecified)."""
+        va, vb = self._diag_of(a), self._diag_of(b)
+        if vb is not None:
+            x, v, along = a, vb, "row"  # A @ diag(v): A[i, j] v[j], NaN rows of A spread along the row
+        elif va is not None:
+            x, v, along = b, va, "col"  # diag(v) @ B: v[i] B[i, j], NaN columns spread along the column
+        else:
+            return False
+        dt = self.dtypes[o]
+        if self.dtypes[x] != dt or self.dtypes[v] != dt:
+            return False
+        m, n = self.shapes[o]
+        lx = self.loc[x]
+        if lx.lit is not None:
+            return False
+        lv = self.loc[v]
+        if lv.lit is not None or len(self.shapes[x]) != 2:
+            return False
+        name = self.fresh(o)
+        xe = f"{lx.buf}[{_off_add(lx.off, f'i * {lx.strides[0]} + j * {lx.strides[1]}')}]"
+        k = "j" if along == "row" else "i"  # the index v scales by
+        ve = f"{lv.buf}[{_off_add(lv.off, f'{k} * {lv.strides[0]}')}]"
+        bad = self.tmp("nf")
+        outer, inner, n_outer, n_inner = ("i", "j", m, n) if along == "row" else ("j", "i", n, m)
+        self.emit(f"    for {outer} in range({n_outer}):")
+        self.emit(f"        {bad} = 0")
+        self.emit(f"        for {inner} in range({n_inner}):")
+        self.emit(f"            if not np.isfinite({xe}):")
+        self.emit(f"                {bad} += 1")
+        self.emit(f"        for {inner} in range({n_inner}):")
+        self.emit(f"            xv = {xe}")
+        self.emit(f"            y = xv * {ve}")
+        self.emit(f"            if {bad} > (0 if np.isfinite(xv) else 1):")
+        self.emit(f"                y = np.{dt}(np.nan)")
+        self.emit(f"            {name}[i * {n} + j] = y")
+        return True
 
     def _dot_into(self, o, sa, sb, matrices):
         """Emit ``np.dot(sa, sb)`` storing into a new buffer of slot ``o``: BLAS writes the buffer itself

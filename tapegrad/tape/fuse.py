@@ -151,12 +151,12 @@ def _const_value(tape, s):
 
 # argument positions an op reads only for their shape (None: every argument)
 _SHAPE_ONLY = {"SUM_LIKE": (1,), "BROADCAST_LIKE": (1,), "BROADCAST_REDUCED": (1,), "SUBTENSOR_SCATTER": (0,),
-               "ZEROS_LIKE": None, "ONES_LIKE": None, "SHAPE_I": None, "SHAPE": None}
+               "DIAG_EMBED": (1,), "ZEROS_LIKE": None, "ONES_LIKE": None, "SHAPE_I": None, "SHAPE": None}
 
 
 def shape_only_args(tape, k):
     """The slots instruction ``k`` reads only for their shape (never their values): the reference of
-    ``sum_like``/``broadcast_like``/``broadcast_reduced``, the base of a two-argument ``subtensor_scatter``
+    ``sum_like``/``broadcast_like``/``broadcast_reduced``/``diag_embed``, the base of a two-argument ``subtensor_scatter``
     (it scatters into zeros), the argument of ``zeros_like``/``ones_like``/``shape_i``.  A slot that the
     instruction also reads as a value is not among them."""
     name = name_of(int(tape.codes[k]))

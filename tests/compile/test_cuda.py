@@ -220,25 +220,57 @@ def summarize(report):
     return "\n".join(lines)
 
 
-def run_worker_subprocess(sim=True, extra=(), timeout=900):
+def start_worker_subprocess(sim=True, extra=()):
     env = dict(os.environ)
     if sim:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", *extra], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    marker = [ln for ln in p.stdout.splitlines() if ln.startswith("@@REPORT@@")]
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def worker_report(p, timeout=900):
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    marker = [ln for ln in out.splitlines() if ln.startswith("@@REPORT@@")]
     if not marker:
-        raise AssertionError(f"worker failed (rc {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+        raise AssertionError(f"worker failed (rc {p.returncode}):\n{out[-3000:]}\n{err[-5000:]}")
     return json.loads(marker[-1][len("@@REPORT@@"):])
+
+
+def run_worker_subprocess(sim=True, extra=(), timeout=900):
+    return worker_report(start_worker_subprocess(sim, extra), timeout)
+
+
+# The simulator run of every spec row is the suite's longest test (about 70 s of one core, in a subprocess).
+# When it is collected, tests/conftest.py starts it at the beginning of the session, so it runs on the second
+# core beside the other tests; the test then only waits for its report.
+SIM_EXTRA = ("--grad-every=2",)
+EARLY = {}  # "sim": the worker started at collection
+
+
+def start_early():
+    if _have_numba_cuda() and "sim" not in EARLY:
+        EARLY["sim"] = start_worker_subprocess(sim=True, extra=SIM_EXTRA)
+
+
+def stop_early():
+    p = EARLY.pop("sim", None)
+    if p is not None and p.poll() is None:
+        p.kill()
+        p.communicate()
 
 
 # --------------------------------------------------------------------------- pytest
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_numba_cuda(), reason="numba-cuda is not installed (pip install numba-cuda)")
 def test_cuda_engine_matches_python_under_simulator():
-    # every row's value in every dtype; the gradient of every second row (float64): ~2.5 min on 2 cores
-    report = run_worker_subprocess(sim=True, extra=("--grad-every=2",))
+    # every row's value in every dtype; the gradient of every second row (float64): ~70 s of one core
+    p = EARLY.pop("sim", None)
+    report = worker_report(p) if p is not None else run_worker_subprocess(sim=True, extra=SIM_EXTRA)
     text = summarize(report)
     print(text)
     assert all(r["ok"] for r in report["results"]), text

@@ -572,3 +572,31 @@ def test_a_tree_whose_root_adds_a_dense_value():
     v = tg.dmatrix("v")
     g = tg.Lop(out, [x, y], v)
     _run([x, y, v], [out, *g], RNG.standard_normal((3, 4)), RNG.standard_normal((2, 2)), RNG.standard_normal((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_products_with_a_diagonal_matrix_scale_instead_of_multiplying_by_zeros(dtype):
+    """``A @ diag(v)`` and ``diag(v) @ B`` (the gradient of cholesky through ``log(diag(L))``; ``dot(diag(v), A)``
+    written by hand) scale columns or rows; a non-finite value elsewhere in the row (column) still makes NaN, as
+    its products with the zeros do in BLAS."""
+    from tapegrad.ops.linalg import DiagEmbed
+
+    A, B, v = tg.matrix("A", dtype=dtype), tg.matrix("B", dtype=dtype), tg.vector("v", dtype=dtype)
+    Z = tg.matrix("Z", dtype=dtype)  # gives diag_embed its shape only
+    D = DiagEmbed(0, 0, 1, False)(v, Z)
+    outs = [tg.dot(A, D), tg.dot(D, B), tg.dot(A.T, D)]
+    av = RNG.standard_normal((4, 4)).astype(dtype)
+    bv = RNG.standard_normal((4, 3)).astype(dtype)
+    vv = RNG.standard_normal(4).astype(dtype)
+    zv = np.zeros((4, 4), dtype)
+    f = _run([A, B, v, Z], outs, av, bv, vv, zv)
+    src = list(f._engine._programs.values())[0].program.source
+    assert "np.dot" not in src and "np.isfinite" in src, src
+    av[1, 2], bv[3, 0], vv[0] = np.inf, np.nan, np.inf
+    with np.errstate(invalid="ignore"):
+        want = [av @ np.diag(vv), np.diag(vv) @ bv, av.T @ np.diag(vv)]
+    for g, w in zip(f(av, bv, vv, zv), want):  # NaN and inf exactly where NumPy's products have them
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
+        ok = np.isfinite(w)
+        np.testing.assert_allclose(g[ok], w[ok], rtol=1e-6 if dtype == "float32" else 1e-14)
