@@ -33,6 +33,8 @@ from tapegrad.tape.fuse import shape_only_args
 
 CHUNK = 200  # instructions per piece at most (compile time: a few seconds each)
 SLACK = 60  # a cut may come this many instructions early, where fewer values cross it
+MAX_CHAIN = 50_000  # instructions: longer tapes stay on tiers 0/1 (generating the pieces alone takes ~0.13 ms an
+#                     instruction, on the background thread, before any compile)
 
 
 # --------------------------------------------------------------------------- cutting the tape
@@ -183,6 +185,8 @@ class ChainProgram:
         loads in the background a few calls later instead).  Raises Unsupported."""
         if only_if_cached:
             return None
+        if len(engine.tape) > MAX_CHAIN:
+            raise Unsupported(f"{len(engine.tape)} instructions (a chain of programs takes at most {MAX_CHAIN})")
         if background:
             from tapegrad.compile.fused import _EXITING, _executor
 

@@ -172,3 +172,15 @@ def test_a_scalar_input_is_passed_as_a_0d_array_one_numba_signature():
     outs, _ = ep.run([xv, np.float64(0.5)], [])
     _close(list(outs), tg.function([x, k], [cost, tg.grad(cost, x)], device="python")(xv, 0.5))
     assert len(ep.program.fn.signatures) == 1, ep.program.fn.signatures
+
+
+def test_a_tape_beyond_the_chain_limit_stays_on_tiers_0_and_1(monkeypatch):
+    monkeypatch.setattr(C, "MAX_CHAIN", 50)
+    u, k = tg.dvector("u"), tg.dscalar("k")
+    loss = heat(u, k, 6)
+    outs = [loss, *tg.grad(loss, [u, k])]
+    args = (RNG.standard_normal(11), np.float64(0.3))
+    f = tg.function([u, k], outs, device="cpu", tier="program")
+    _close(f(*args), tg.function([u, k], outs, device="python")(*args))
+    assert list(f._engine._programs.values()) == [False]
+    assert "a chain of programs takes at most 50" in str(f._engine.program_error)
