@@ -4,10 +4,10 @@
 ``eigh``, ``norm``, ``tril``, ``triu`` (ops in :mod:`tapegrad.ops.solve`, codes
 600-649; not exported at the top level), plus the dot family re-exported from
 :mod:`tapegrad.ops.linalg` (``dot``, ``matmul``, ``outer``, ``tensordot``,
-``diagonal``, ``trace``; also in the top-level namespace).
+``diagonal``, ``diag``, ``trace``; also in the top-level namespace).
 """
 
-from tapegrad.ops.linalg import dot, matmul, outer, tensordot, diagonal, trace  # noqa: F401
+from tapegrad.ops.linalg import dot, matmul, outer, tensordot, diagonal, diag, trace  # noqa: F401
 from tapegrad.ops.solve import (  # noqa: F401
     cholesky,
     det,
@@ -23,5 +23,5 @@ from tapegrad.ops.solve import (  # noqa: F401
 
 __all__ = [
     "solve", "solve_triangular", "inv", "det", "slogdet", "cholesky", "eigh", "norm", "tril", "triu",
-    "dot", "matmul", "outer", "tensordot", "diagonal", "trace",
+    "dot", "matmul", "outer", "tensordot", "diagonal", "diag", "trace",
 ]

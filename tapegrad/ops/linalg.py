@@ -35,7 +35,7 @@ from tapegrad.graph import as_tensor, is_float_dtype
 from tapegrad.op import Apply, Op, disconnected_type, make_output, static_broadcast_shape
 from tapegrad.registry import registered
 
-__all__ = ["dot", "matmul", "outer", "tensordot", "diagonal", "trace"]
+__all__ = ["dot", "matmul", "outer", "tensordot", "diagonal", "trace", "diag"]
 
 _LETTERS = string.ascii_letters
 
@@ -620,6 +620,27 @@ def diagonal(x, offset=0, axis1=0, axis2=1):
     x = as_tensor(x)
     a1, a2 = _diag_axes(x, axis1, axis2, "diagonal")
     return Diagonal(offset, a1, a2)(x)
+
+
+def diag(v, k=0):
+    """Aesara's (and NumPy's) ``diag``: of a vector, the square matrix with ``v`` on its ``k``-th diagonal and zeros
+    elsewhere; of a matrix, its ``k``-th diagonal (a copy, as :func:`diagonal`).
+
+    Both are linear and each is the other's transpose; a product with the matrix of a vector scales rows or
+    columns on the program tier instead of calling BLAS.
+    """
+    v = as_tensor(v)
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"diag: k must be an int, got {k!r}")
+    k = int(k)
+    if v.ndim == 2:
+        return diagonal(v, k)
+    if v.ndim != 1:
+        raise ValueError(f"diag: the input must be a vector or a matrix, got {v} with {v.ndim} dimensions")
+    from tapegrad.ops.alloc import zeros
+
+    n = v.shape[0] + abs(k)
+    return DiagEmbed(k, 0, 1, False)(v, zeros((n, n), v.dtype))
 
 
 def trace(x, offset=0, axis1=0, axis2=1):

@@ -82,6 +82,8 @@ ROWS = [
         id="diag_embed"),
     Row("DIAG_EMBED", lambda g, r: L.DiagEmbed(0, 1, 2, True)(g, r), ((2,), (2, 3, 3)),
         lambda g, r: _embed(g, r.shape, 0, 1, 2, True), wrt=(0,), id="diag_embed-trace"),
+    # --- diag (Aesara's) of a matrix: its diagonal (of a vector: tests/ops/test_linalg.py, not a single op)
+    Row("DIAGONAL", lambda x: L.diag(x, 1), ((3, 4),), lambda x: np.diag(x, 1).copy(), id="diag-matrix"),
 ]
 
 

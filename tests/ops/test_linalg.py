@@ -292,3 +292,39 @@ def test_size_zero_gradients():
     ga, gb = grad(L.dot(a, b).sum(), [a, b])
     gav, gbv = ev([ga, gb], {a: np.ones((3, 0)), b: np.ones((0, 2))})
     assert gav.shape == (3, 0) and gbv.shape == (0, 2)
+
+
+def test_diag_rejects_other_ranks_and_non_integer_offsets():
+    with pytest.raises(ValueError, match="diag: the input must be a vector or a matrix"):
+        L.diag(tg.tensor("x", dtype="float64", shape=(None, None, None)))
+    with pytest.raises(TypeError, match="diag: k must be an int"):
+        L.diag(tg.tensor("v", dtype="float64", shape=(None,)), 1.5)
+    v = tg.tensor("v", dtype="float64", shape=(3,))
+    assert L.diag(v, 2).type.shape == (5, 5)  # static where the vector's length is
+
+
+@pytest.mark.parametrize("k", [0, 2, -1])
+@pytest.mark.parametrize("device, tier", [("python", None), ("cpu", None), ("cpu", "program")])
+def test_diag_of_a_vector_matches_numpy_with_both_derivatives(device, tier, k):
+    import tapegrad as T
+
+    v, M = T.dvector("v"), T.dmatrix("M")
+    D = T.diag(v, k)
+    cost = T.sum(T.dot(D, M) * T.dot(M.T, D).T) + T.sum(D ** 2)
+    vv = np.array([0.5, -1.25, 2.0])
+    mv = np.random.default_rng(3).standard_normal((3 + abs(k), 3 + abs(k)))
+    u = np.array([0.3, 0.7, -1.1])
+    kw = {"tier": tier} if tier else {}
+    f = T.function([v, M], [D, cost, T.grad(cost, v), T.Rop(D, v, T.constant(u))], device=device, **kw)
+    d, c, g, r = f(vv, mv)
+    np.testing.assert_array_equal(d, np.diag(vv, k))
+    dn = np.diag(vv, k)
+    np.testing.assert_allclose(c, np.sum((dn @ mv) * (mv.T @ dn).T) + np.sum(dn ** 2), rtol=1e-13)
+    np.testing.assert_array_equal(r, np.diag(u, k))  # linear: the tangent is diag(u)
+    eps = 1e-6  # the gradient against central differences
+    fd = [(f(vv + eps * e, mv)[1] - f(vv - eps * e, mv)[1]) / (2 * eps) for e in np.eye(3)]
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    if tier == "program" and k == 0:  # products with D scale rows/columns there (BLAS for the gradient's others)
+        (prog,) = f._engine._programs.values()
+        assert prog is not False, f._engine.program_error
+        assert "np.isfinite" in prog.program.source
