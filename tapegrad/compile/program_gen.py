@@ -11,7 +11,7 @@ import numpy as np
 
 from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
 from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
-                                         _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
+                                         _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count, _off_add,
                                          _read_strides, _sum_like_strides, par_chunks, place_workspace)
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
@@ -49,6 +49,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
         self.pinned = set()
         self.into = {}  # slot -> parameter: a flat array the caller passes, which the slot's value is written into
         self.into_bound = set()  # slots of ``into`` whose buffer is that parameter
+        self.tree_pending = {}  # tree buffer -> [(offset, length, source at position p)]: 1-d writes, summed at its root
         self.result_like = set()
         self.cur_k = -1  # the instruction being placed
         self.threads = program_threads()  # > 1: big top-level fused loops run as prange over chunks
@@ -206,6 +207,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
         for k in range(len(tape)):
             self.place(k)
         self.close()
+        for buf in list(self.tree_pending):  # (every tree's root flushes its own; kept for safety)
+            self._tree_flush(buf)
 
     def copy_out(self, s, into=None):
         """A fresh flat array (or the parameter ``into``) holding slot ``s``'s value; returns its name."""
@@ -527,12 +530,43 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates):
             else:
                 if G is not None:
                     self.close()
-                loop = _Loop(shape, [self.strides_for(d, shape), row_major(shape)])
-                if self.loc[o].size:
-                    ind = loop.open(self.emit, "    ")
-                    self.emit(f"{ind}{buf}[{loop.out_index()}] += {self.read(d, loop, as_dt=self.dtypes[o])}")
+                if not self._tree_defer(buf, 0, shape, d, self.dtypes[o]):
+                    loop = _Loop(shape, [self.strides_for(d, shape), row_major(shape)])
+                    if self.loc[o].size:
+                        ind = loop.open(self.emit, "    ")
+                        self.emit(f"{ind}{buf}[{loop.out_index()}] += {self.read(d, loop, as_dt=self.dtypes[o])}")
+        if o == rt:  # the tree's last write has been placed
+            self._tree_flush(self.loc[rt].buf)
         if self.G is not None and rt in self.G["after"]:
             self.G["after"].add(o)
+
+    def _tree_defer(self, buf, off, shape, y, dt, strides=None):
+        """Keep a ``+=`` of 1-d ``y`` into the tree buffer ``buf`` at ``off`` for :meth:`_tree_flush`, which adds all
+        of a tree's windows in one pass over the buffer (a stencil's gradient: ``u``'s own term and the scatters
+        of ``u[1:]``, ``u[:-1]``, ... each made a pass of its own).  False when ``y`` is not a plain 1-d buffer."""
+        ly = self.loc.get(y)
+        if (len(shape) != 1 or not isinstance(off, int) or ly is None or ly.lit is not None or self.root is not self
+                or self.hoist is not None):
+            return False
+        st = (self.strides_for(y, shape) if strides is None else strides)[0]
+        from tapegrad.compile.fused import _convert
+
+        def src(p, ly=ly, st=st, off=off):
+            return _convert(f"{ly.buf}[{_off_add(ly.off, f'({p} - {off}) * {st}')}]", self.dtypes[y], dt)
+
+        self.tree_pending.setdefault(buf, []).append((off, shape[0], src))
+        return True
+
+    def _tree_flush(self, buf):
+        """Emit the kept writes into ``buf``: one loop per segment between window edges, adding every window
+        that covers it."""
+        ws = self.tree_pending.pop(buf, [])
+        cuts = sorted({c for off, n, _ in ws for c in (off, off + n)})
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            active = [src for off, n, src in ws if off <= a and b <= off + n]
+            if active and b > a:
+                self.emit(f"    for p in range({a}, {b}):")
+                self.emit(f"        {buf}[p] += {' + '.join(src('p') for src in active)}")
 
     # ------------------------------------------------------------------ the open group's loop
     def _absorb_ahead(self):

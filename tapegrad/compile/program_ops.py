@@ -548,6 +548,9 @@ class OpTemplates:
         if int(np.prod(rshape, dtype=np.int64)) == 0:
             return
         yst = self.strides_for(y, rshape)
+        if (how == "+=" and o in self.tree_root and list(rst) == [1]
+                and self._tree_defer(buf, off, rshape, y, self.dtypes[o], strides=yst)):
+            return  # added with the tree's other windows, in one pass (``_tree_flush``)
         loop = _Loop(rshape, [yst, list(rst)])
         ind = loop.open(self.emit, "    ")
         src = self.read(y, loop, strides=yst, as_dt=self.dtypes[o])
