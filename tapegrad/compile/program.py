@@ -189,16 +189,11 @@ class EngineProgram:
         if len(tape) > MAX_INSTRUCTIONS:  # too long for one program: a chain of programs over its pieces
             from tapegrad.compile.program_chain import ChainProgram
 
-            try:
+            try:  # (a piece with parallel loops that fails to compile is made serial there, piece by piece)
                 return ChainProgram.make(engine, plan, background, only_if_cached, serial)
             except Unsupported as e:
                 engine.program_error = e
                 return None
-            except Exception as e:  # noqa: BLE001 - a compile error (raised when compiled here)
-                if serial:
-                    raise
-                engine.program_error = e
-                return ChainProgram.make(engine, plan, background, only_if_cached, serial=True)
         try:
             src, consts, ws = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
                                        engine.node, serial=serial)

@@ -58,14 +58,15 @@ def _liveness(tape, skip):
     return made, last
 
 
-def cut_points(tape, skip=frozenset(), chunk=None, slack=None):
+def cut_points(tape, skip=frozenset(), chunk=None, slack=None, liveness=None):
     """Boundaries ``[0, b1, ..., len(tape)]`` of the pieces: each at most ``chunk`` instructions long (instructions
     in ``skip`` do not count), each cut at the position in its last ``slack`` instructions that the fewest
-    values made before it and read after it cross (the latest such position on a tie)."""
+    values made before it and read after it cross (the latest such position on a tie).  ``liveness``: what
+    :func:`_liveness` returns for ``tape`` and ``skip``, when the caller has it."""
     chunk = CHUNK if chunk is None else chunk
     slack = SLACK if slack is None else slack
     n = len(tape)
-    made, last = _liveness(tape, skip)
+    made, last = _liveness(tape, skip) if liveness is None else liveness
     crossing = np.zeros(n + 1, np.int64)  # crossing[b]: values made before b and read at or after b
     for s, k in made.items():
         e = last.get(s, -1)
@@ -155,12 +156,11 @@ class ChainProgram:
     :class:`~tapegrad.compile.program.EngineProgram` (``run``, ``fast_call``, ``ready``, ``failed``, ``error``,
     ``parallel``), without an ``@njit`` entry."""
 
-    def __init__(self, pieces, sources, in_slots, sh_slots, results, result_values, in_dtypes, sh_dtypes,
-                 n_outputs, in_shapes, scalar_dtypes):
+    def __init__(self, pieces, in_slots, results, result_values, in_dtypes, sh_dtypes, n_outputs, in_shapes,
+                 scalar_dtypes):
         self.pieces = pieces  # [_Piece]
-        self.sources = sources  # the pieces' sources, in order (for inspection and tests)
         self.in_slots = in_slots  # the function's input slots, then its shared slots
-        self.n_in = len(in_slots) - len(sh_slots)
+        self._given = set(in_slots)
         self.results = results  # slots of the outputs, then of the updates
         self.result_values = result_values  # slot -> plan-time value, for results known before any piece runs
         self.in_dtypes = [np.dtype(d) for d in in_dtypes]
@@ -170,6 +170,11 @@ class ChainProgram:
         self.scalar_dtypes = [None if d is None else np.dtype(d) for d in scalar_dtypes]
         self._fast = None
         self._local = threading.local()  # .state: this thread's calls (see _state)
+
+    @property
+    def sources(self):
+        """The pieces' program sources, in order (for inspection and tests)."""
+        return [p.ep.program.source for p in self.pieces]
 
     @property
     def program(self):
@@ -193,28 +198,28 @@ class ChainProgram:
             def build():
                 if _EXITING.is_set():
                     raise RuntimeError("chain of programs skipped: the interpreter is exiting")
-                return cls._build(engine, plan, None, serial)
+                return cls._build(engine, plan, serial, worker=True)
 
             return _PendingChain(_executor().submit(build))
-        return cls._build(engine, plan, False, serial)
+        return cls._build(engine, plan, serial)
 
     @classmethod
-    def _build(cls, engine, plan, background, serial):
-        """``background``: False, compile each piece on this thread; True, queue the compiles on the background
-        thread; None, this is the background thread (compile here unless a piece's compile is queued)."""
+    def _build(cls, engine, plan, serial, worker=False):
+        """Generate and compile the pieces on this thread.  ``worker``: this is the fused tier's background thread,
+        where a piece whose compile another caller queued there is not waited for (it runs after this job)."""
         from tapegrad.compile.program import EngineProgram, _is_parallel, generate, get_program
 
         tape = engine.tape
         skip = set(int(k) for k in plan.const_instrs)
         values = dict(plan.values or {})
-        cuts = cut_points(tape, skip)
         made, last = _liveness(tape, skip)
+        cuts = cut_points(tape, skip, liveness=(made, last))
         given = set(int(s) for s in tape.input_slots) | set(int(s) for s in tape.shared_slots)
         consts = set(int(s) for s in tape.const_slots)
         results = [int(s) for s in tape.output_slots] + [int(s) for s in tape.update_slots]
         result_set = set(results)
         dts = engine.slot_dtypes
-        pieces, sources = [], []
+        pieces = []
         for a, b in zip(cuts[:-1], cuts[1:]):
             instrs = [k for k in range(a, b) if k not in skip]
             reads, writes = [], set()
@@ -235,8 +240,7 @@ class ChainProgram:
                 raise Unsupported(f"slot {missing[0]} is read before any instruction makes it")
             ret = [s for s in outs if s in result_set]  # returned: fresh arrays, as results must be
             into = [s for s in outs if s not in result_set]  # written into the chain's arrays (reused per call)
-            sub, used = sub_tape(tape, instrs, inputs, ret + into)
-            sub.output_slots = sub.output_slots[:len(ret)]
+            sub, used = sub_tape(tape, instrs, inputs, ret)
             local = {s: j for j, s in enumerate(used)}
             local_values = {local[s]: v for s, v in values.items() if s in local}
             sizes = [int(np.prod(plan.shapes[s], dtype=np.int64)) if len(plan.shapes[s]) else 1 for s in into]
@@ -247,9 +251,8 @@ class ChainProgram:
                                           into=[local[s] for s in into])
                 try:
                     prog = get_program(src, cvals, shapes, [dts[s] for s in inputs + into], len(ret),
-                                       background=background is not False, workspace=ws,
-                                       start=background is not None)
-                    if background is None:  # this is the background thread: the pieces compile here, in turn
+                                       background=worker, workspace=ws, start=False)
+                    if worker:
                         prog.wait_unless_queued()
                     break
                 except Exception:  # noqa: BLE001 - as EngineProgram.make: a piece with parallel loops that Numba
@@ -259,7 +262,6 @@ class ChainProgram:
             pieces.append(_Piece(ep, inputs, ret, into, [np.dtype(dts[s]) for s in into], sizes,
                                  [tuple(plan.shapes[s]) for s in into],
                                  [np.dtype(dts[s]) if tuple(plan.shapes[s]) == () else None for s in ret]))
-            sources.append(src)
         in_slots = [int(s) for s in tape.input_slots] + [int(s) for s in tape.shared_slots]
         produced = set(s for p in pieces for s in p.ret)
         for s in results:
@@ -269,7 +271,7 @@ class ChainProgram:
                                        tape.consts[list(tape.const_slots).index(s)]) for s in results
                          if s not in produced and s not in given}
         scalar = [dts[s] if tuple(plan.shapes[s]) == () else None for s in results]
-        return cls(pieces, sources, in_slots, list(tape.shared_slots), results, result_values,
+        return cls(pieces, in_slots, results, result_values,
                    [dts[s] for s in tape.input_slots], [dts[s] for s in tape.shared_slots],
                    len(tape.output_slots), [plan.shapes[s] for s in tape.input_slots], scalar)
 
@@ -334,13 +336,12 @@ class ChainProgram:
                 for j, _ in fills:
                     args[j] = None
         res, seen = [], set()
-        n_in = len(self.in_slots)
         for s in self.results:
             if s in self.result_values:
                 v = np.array(self.result_values[s])
             else:
                 v = env[s]
-                if s in seen or s in self.in_slots[:n_in]:
+                if s in seen or s in self._given:
                     v = np.array(v)  # two results never share an array, and inputs are never returned
             seen.add(s)
             res.append(v)
@@ -381,10 +382,6 @@ class _PendingChain:
 
     def __init__(self, future):
         self._future = future
-
-    def built(self):
-        """The :class:`ChainProgram` once generated, else None."""
-        return self._future.result() if self._future.done() and self._future.exception() is None else None
 
     def ready(self):
         return self._future.done() and self._future.exception() is None and self._future.result().ready()

@@ -166,11 +166,8 @@ class ProductTemplates:
         if self.dtypes[x] != dt or self.dtypes[v] != dt:
             return False
         m, n = self.shapes[o]
-        lx = self.loc[x]
-        if lx.lit is not None:
-            return False
-        lv = self.loc[v]
-        if lv.lit is not None or len(self.shapes[x]) != 2:
+        lx, lv = self.loc[x], self.loc[v]
+        if lx.lit is not None or lv.lit is not None:
             return False
         name = self.fresh(o)
         xe = f"{lx.buf}[{_off_add(lx.off, f'i * {lx.strides[0]} + j * {lx.strides[1]}')}]"
