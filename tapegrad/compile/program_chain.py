@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from tapegrad.compile.program_ir import MAX_INSTRUCTIONS, Unsupported
+from tapegrad.compile.program_ir import Unsupported
 from tapegrad.tape.format import SLOT_INPUT, Tape
 from tapegrad.tape.fuse import shape_only_args
 

@@ -7,6 +7,15 @@ from __future__ import annotations
 from tapegrad.compile.program_ir import par_range
 
 
+def segments(spans, lo, hi):
+    """The consecutive ranges ``[a, b)`` of ``[lo, hi)`` between the edges of ``spans`` (``(start, length)`` pairs,
+    clipped to the range), each with the indices of the spans that cover it whole."""
+    cuts = sorted({lo, hi} | {min(max(c, lo), hi) for s, n in spans for c in (s, s + n)})
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if a < b:
+            yield a, b, [j for j, (s, n) in enumerate(spans) if s <= a and b <= s + n]
+
+
 class WindowTemplates:
     """``_shifted_plan`` (does a fused group qualify) and ``_emit_shifted`` (its segments)."""
 
@@ -45,8 +54,6 @@ class WindowTemplates:
         buf, total, windows, assign = plan
         m = loop.shape[0]
         o_d = windows[0]
-        cuts = sorted({0, total} | {min(max(w, 0), total) for w in windows} | {min(max(w + m, 0), total)
-                                                                               for w in windows})
         by_member = {mm.out: mm for mm in members}
 
         def needed(slots):
@@ -70,10 +77,8 @@ class WindowTemplates:
             return ms, ex
 
         writes = {w: [e for e in G["epi"] if e[0] == "write" and e[1] == buf and e[2] == w] for w in windows}
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if a >= b:
-                continue
-            active = [w for w in windows if w <= a and b <= w + m]
+        for a, b, covering in segments([(w, m) for w in windows], 0, total):
+            active = [windows[j] for j in covering]
             if not active:
                 if assign:
                     self.emit(f"    {buf}[{a}:{b}] = 0")

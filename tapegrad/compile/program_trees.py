@@ -1,0 +1,104 @@
+"""Program-tier placement of accumulation trees (``add`` nodes over zero-based scatters, the adjoint of slices, and
+their dense leaves; found by ``_Gen._analyse``): the buffer each write goes to, its deferred zero fill, and the
+1-d writes kept until the tree's root and added in one pass (a mixin of :class:`tapegrad.compile.program_gen._Gen`)."""
+
+from __future__ import annotations
+
+from tapegrad.compile.kernels.steps import row_major
+from tapegrad.compile.program_ir import Unsupported, _Loop, _off_add
+from tapegrad.compile.program_windows import segments
+
+
+class TreeTemplates:
+    """Where writes into an accumulation tree go (``_write_target``), its adds (``_tree_add``) and the one-pass
+    window sums (``_tree_defer``, ``_tree_flush``)."""
+
+    def _write_target(self, k, name, x, o, in_group=False):
+        """``(buffer, "=" or "+=")`` a basic-index write of instruction ``k`` writes into (its own fresh
+        buffer, or its accumulation tree's).  A zero-based buffer started by a write inside the open group's
+        loop is left unfilled until the loop is emitted: the loop then assigns its first window and only the
+        rest is zeroed (see ``close``)."""
+        rt = self.tree_root.get(o)
+        lazy = in_group and self.G is not None and self.hoist is None
+        if rt is not None:
+            if rt not in self.tree_started:
+                self.tree_started.add(rt)
+                self.fresh(rt, zero=not lazy)
+                self._buffer_slot[self.loc[rt].buf] = rt
+                if lazy:
+                    self.G["unfilled"][self.loc[rt].buf] = self.loc[rt].size
+            elif not in_group:
+                self._fill_now(self.loc[rt].buf)
+            self.loc[o] = self.loc[rt]
+            return self.loc[rt].buf, "+="
+        if name == "SUBTENSOR_SCATTER":
+            buf = self.fresh(o, zero=not lazy)
+            if lazy:
+                self.G["unfilled"][buf] = self.loc[o].size
+            return buf, "+=" if lazy else "="
+        self._broadcast_copy(x, o)
+        return self.loc[o].buf, "+=" if name == "INC_SUBTENSOR" else "="
+
+    def _fill_now(self, buf):
+        """Zero a buffer whose fill the open group deferred, before a write outside the group's loop."""
+        G = self.G
+        if G is not None and buf in G["unfilled"]:
+            del G["unfilled"][buf]
+            self.emit(f"    {buf}[:] = 0")
+
+    def _tree_add(self, o):
+        """An ``add`` inside an accumulation tree: its value is the tree buffer (complete when the root's
+        last write has run).  An add of a dense leaf writes that value into the buffer with ``+=``: in the open
+        group's loop when it has the tree's shape, else in a loop of its own."""
+        rt = self.tree_root[o]
+        if rt not in self.tree_started:
+            raise Unsupported("accumulation tree without a write")
+        self.loc[o] = self.loc[rt]
+        d = self.tree_dense.get(o)
+        if d is not None:
+            buf, shape, G = self.loc[rt].buf, self.shapes[o], self.G
+            if G is not None and tuple(G["shape"]) == shape and (self._in_group(d) or self._before(d)):
+                G["epi"].append(("write", buf, 0, tuple(row_major(shape)), d, "+=", self.dtypes[o]))
+                G["after"].add(rt)
+                G["absorbed"].add(self.cur_k)  # the add reads the value in the loop: d need not be stored
+            else:
+                if G is not None:
+                    self.close()
+                if not self._tree_defer(buf, 0, shape, d, self.dtypes[o]):
+                    loop = _Loop(shape, [self.strides_for(d, shape), row_major(shape)])
+                    if self.loc[o].size:
+                        ind = loop.open(self.emit, "    ")
+                        self.emit(f"{ind}{buf}[{loop.out_index()}] += {self.read(d, loop, as_dt=self.dtypes[o])}")
+        if o == rt:  # the tree's last write has been placed
+            self._tree_flush(self.loc[rt].buf)
+        if self.G is not None and rt in self.G["after"]:
+            self.G["after"].add(o)
+
+    def _tree_defer(self, buf, off, shape, y, dt, strides=None):
+        """Keep a ``+=`` of 1-d ``y`` into the tree buffer ``buf`` at ``off`` for :meth:`_tree_flush`, which adds all
+        of a tree's windows in one pass over the buffer (a stencil's gradient: ``u``'s own term and the scatters
+        of ``u[1:]``, ``u[:-1]``, ... each made a pass of its own).  False when ``y`` is not a plain 1-d buffer."""
+        ly = self.loc.get(y)
+        if (len(shape) != 1 or not isinstance(off, int) or ly is None or ly.lit is not None or self.root is not self
+                or self.hoist is not None):
+            return False
+        st = (self.strides_for(y, shape) if strides is None else strides)[0]
+        from tapegrad.compile.fused import _convert
+
+        def src(p, ly=ly, st=st, off=off):
+            return _convert(f"{ly.buf}[{_off_add(ly.off, f'({p} - {off}) * {st}')}]", self.dtypes[y], dt)
+
+        self.tree_pending.setdefault(buf, []).append((off, shape[0], src))
+        return True
+
+    def _tree_flush(self, buf):
+        """Emit the kept writes into ``buf``: one loop per segment between window edges, adding every window
+        that covers it."""
+        ws = self.tree_pending.pop(buf, [])
+        if not ws:
+            return
+        spans = [(off, n) for off, n, _ in ws]
+        for a, b, active in segments(spans, min(s for s, _ in spans), max(s + n for s, n in spans)):
+            if active:
+                self.emit(f"    for p in range({a}, {b}):")
+                self.emit(f"        {buf}[p] += {' + '.join(ws[j][2]('p') for j in active)}")
