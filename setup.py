@@ -16,7 +16,7 @@ extras = {
     "scipy": ["scipy"],
     "dask": [DASK],
     "test": ["pytest", "hypothesis", "scipy", DASK, "numba-cuda", TBB],
-    "perf": ["jax", "jaxlib", "pytensor", "torch==2.13.0", "autograd", "matplotlib", DASK],
+    "perf": ["jax", "jaxlib", "pytensor", "torch==2.13.0", "autograd", "matplotlib", "threadpoolctl", DASK],
 }
 
 setup(

@@ -771,6 +771,8 @@ def engine_fingerprint():
 
 
 def drive(args):
+    from one_core import blas_kernels, blas_line  # perf/ is sys.path[0] when run as a script
+
     benches = select_benches(args)
     tg_ok = True
     try:
@@ -812,6 +814,7 @@ def drive(args):
     env["threads"] = args.threads
     env["tapegrad_engine_files"] = engine_fingerprint()
     env["numba_cache_dir"] = args.numba_cache_dir
+    env["blas"] = blas_kernels()
     result = {"env": env, "threads": args.threads, "quick": args.quick, "fresh_cache": args.fresh_cache,
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:], "anchors": str(ANCHORS_PATH),
               "tapegrad_systems": args.tg_systems, "targets": TARGETS, "probes": [], "records": []}
@@ -822,6 +825,7 @@ def drive(args):
 
     print(f"# threads={args.threads} quick={args.quick} NUMBA_CACHE_DIR={args.numba_cache_dir} "
           f"pytensor cache root {cache_root}", flush=True)
+    print(blas_line(env["blas"]), flush=True)
     tg_shared = {}
     tg_here = [s for s in systems if s.startswith("tapegrad")]
     if tg_here:
@@ -868,16 +872,20 @@ def drive(args):
     result["total_wall_s"] = time.perf_counter() - t_all
     annotate(result["records"])
     save()
-    lines = probe_lines(result["probes"]) + [""] + table_lines(result["records"])
+    lines = probe_lines(result["probes"]) + [""] + table_lines(result["records"]) + ["", blas_line(env["blas"])]
     print("\n" + "\n".join(lines))
     png = plot(result, out.with_suffix(".png"))
     print(f"\n# wrote {out}" + (f" and {png}" if png else ""))
 
 
 def show(path):
+    from one_core import blas_line
+
     result = json.load(open(path))
     annotate(result["records"])
-    print("\n".join(probe_lines(result.get("probes", [])) + [""] + table_lines(result["records"])))
+    blas = result.get("env", {}).get("blas")
+    print("\n".join(probe_lines(result.get("probes", [])) + [""] + table_lines(result["records"])
+                    + (["", blas_line(blas)] if blas else [])))
 
 
 def main():

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import one_core  # noqa: E402
+from one_core import blas_kernels, blas_line, one_core  # noqa: E402
 
 one_core()
 
@@ -91,6 +91,7 @@ def main(argv=None):
             times[k].append(block(fn, inputs, args.block))
         print(f"# round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     print(f"# one core, one thread; {args.rounds} rounds of {args.block} calls per system, interleaved")
+    print(blas_line(blas_kernels()))
     print(f"{'bench':16s} {'tapegrad':>12s} {args.peer:>12s}  ratio tapegrad/{args.peer}: median [min, max] over rounds")
     for b in benches:
         t, p = times[b, "tapegrad"], times[b, args.peer]

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import one_core  # noqa: E402
+from one_core import blas_kernels, blas_line, one_core  # noqa: E402
 
 one_core()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -157,6 +157,7 @@ def main():
     head = (f"{'workload':28s} {'tapegrad':>11s} {'tier':>12s} {'JAX jit':>11s} {'ratio':>6s} "
             f"{'first tg':>9s} {'first JAX':>9s} {'rel diff':>8s}")
     print("# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX", flush=True)
+    print(blas_line(blas_kernels()), flush=True)
     print(head, flush=True)
     for name, (fn, args, wrt) in workloads().items():
         if a.only and not any(o in name for o in a.only):

@@ -90,3 +90,27 @@ def test_compare_w4_loop_tapegrad_graph():
     got = tg.function(ins, outs, device="python")(d["u0"], d["F"])
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+def test_blas_line_says_which_kernels_and_whether_the_environment_pins_them():
+    mod = _load("one_core")
+    pinned = mod.blas_line({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "numpy": "Haswell",
+                            "scipy": "Haswell"})
+    assert pinned.startswith("# OpenBLAS kernels: NumPy Haswell, SciPy Haswell")
+    assert "pinned by OPENBLAS_CORETYPE=Haswell, OPENBLAS_L2_SIZE=512" in pinned
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in pinned
+    own = mod.blas_line({"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None, "numpy": "SkylakeX",
+                         "scipy": "SkylakeX"})
+    assert own.endswith("(OpenBLAS's own choice for this CPU)") and "pinned" not in own
+
+
+def test_blas_kernels_reports_the_environment_it_ran_with(monkeypatch):
+    pytest.importorskip("scipy")
+    mod = _load("one_core")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    rep = mod.blas_kernels()
+    assert rep["OPENBLAS_CORETYPE"] == "Haswell" and rep["OPENBLAS_L2_SIZE"] is None
+    assert set(rep) >= {"numpy", "scipy"}
+    if rep["scipy"] is not None:  # threadpoolctl installed (the perf extra): OpenBLAS obeys the variable
+        assert rep["scipy"].lower() == "haswell"
