@@ -468,9 +468,11 @@ class ProductTemplates:
         n = self.shapes[args[0]][-1]
         sym = self.scratch(n * n, self.dtypes[args[0]])  # (allocated before the batch loops open)
         ind, (va,), (vo,) = self._square(k, "cholesky")
+        m = self.tmp("m")  # the view once: a reshape in the loop is a call per element (numba does not hoist it)
+        self.emit(f"{ind}{m} = {va}")
         self.emit(f"{ind}for q0 in range({n}):")
         self.emit(f"{ind}    for q1 in range({n}):")
-        self.emit(f"{ind}        {sym}[q0 * {n} + q1] = {va}[q0, q1] if q1 <= q0 else {va}[q1, q0]")
+        self.emit(f"{ind}        {sym}[q0 * {n} + q1] = {m}[q0, q1] if q1 <= q0 else {m}[q1, q0]")
         self.emit(f"{ind}{vo}[...] = np.linalg.cholesky({sym}[0:{n * n}].reshape(({n}, {n})))")
 
     def op_norm(self, k, op, args, outs):

@@ -25,6 +25,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from tapegrad.compile.kernels import scalar as _scalar
+from tapegrad.compile.trsm import trsm
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # trailing zeros: k * _LN2_HI is exact for |k| < 2**11
@@ -277,17 +278,43 @@ def v_softplus(x):
     return v_log1p(v_exp(min(x, 30)))
 
 
+# BLAS's trsm from this many multiply-adds (n * n * k): below, its call costs more than substitution saves
+TRSM_WORK = 1 << 12
+
+
+@njit(error_model="numpy", nogil=True)
+def _blas_ready(a, lower):
+    """Whether BLAS may solve with the triangle of ``a``: a zero on the diagonal raises ``LinAlgError`` here, as
+    substitution does, and a triangle with an inf or NaN is left to substitution, whose products with them
+    (``inf * 0``) are the reference engine's."""
+    n = a.shape[0]
+    bad = False
+    for i in range(n):
+        if a[i, i] == 0:
+            raise np.linalg.LinAlgError("Singular matrix")
+        lo, hi = (0, i + 1) if lower else (i, n)
+        row = False
+        for j in range(lo, hi):  # no early exit: the loop vectorises (x - x is NaN for inf and NaN only)
+            row |= (a[i, j] - a[i, j]) != 0
+        bad |= row
+    return not bad
+
+
 @njit(error_model="numpy", nogil=True)
 def v_tri_solve(a, b, out, lower):
     """``out = T^-1 b`` (``b`` a vector or a matrix of columns), ``T`` the lower (``lower``) or upper triangle of
     the square ``a``, by forward or back substitution with each row of ``out`` updated as a whole (the inner
     loop runs along the right-hand sides and vectorises); a zero on the diagonal raises ``LinAlgError``, as
     :func:`tapegrad.ops.solve._substitute` (the reference engine) and a singular LU do.  For the program tier's
-    triangular solves (``solve_triangular`` and the derivatives of ``cholesky``)."""
+    triangular solves (``solve_triangular`` and the derivatives of ``cholesky``).  From :data:`TRSM_WORK`
+    multiply-adds on, float32/float64 C-order operands go to BLAS's ``trsm`` (:mod:`tapegrad.compile.trsm`)."""
     n = a.shape[0]
     x = out.reshape((n, -1))
     x[...] = b.reshape((n, -1))
     k = x.shape[1]
+    if n * n * k >= TRSM_WORK and k < 2**31 and n < 2**31 and _blas_ready(a, lower):
+        if trsm(a, x, lower):  # False where the layouts or the dtype do not allow BLAS (decided at compile time)
+            return
     for t in range(n):
         i = t if lower else n - 1 - t
         d = a[i, i]

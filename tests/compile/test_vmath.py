@@ -97,3 +97,62 @@ def test_programs_with_the_vectorised_functions_match_the_python_engine(dtype):
     xv[:4] = [0.0, -0.0, 1e-30, -1e-30]
     src = run_program([x, y], [c, *tg.grad(c, [x, y])], [xv, yv], dtype=dtype)
     assert "s_exp(" in src and "s_log1p(" in src
+
+
+@njit(error_model="numpy")
+def _substitute(a, b, out, lower):
+    """v_tri_solve's substitution alone (the BLAS call is skipped: the path it takes below TRSM_WORK)."""
+    n = a.shape[0]
+    x = out.reshape((n, -1))
+    x[...] = b.reshape((n, -1))
+    for t in range(n):
+        i = t if lower else n - 1 - t
+        lo, hi = (0, i) if lower else (i + 1, n)
+        for j in range(lo, hi):
+            for q in range(x.shape[1]):
+                x[i, q] -= a[i, j] * x[j, q]
+        for q in range(x.shape[1]):
+            x[i, q] /= a[i, i]
+
+
+@njit(error_model="numpy")
+def _tri(a, b, out, lower):
+    V.v_tri_solve(a, b, out, lower)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("n,k", [(200, 200), (128, 1), (90, 7), (5, 3)])
+def test_triangular_solve_by_blas_matches_substitution(dtype, lower, n, k):
+    """From TRSM_WORK multiply-adds on, v_tri_solve calls BLAS's trsm (tapegrad/compile/trsm.py) on the C-order
+    operands: the other triangle is never read, and the solution is substitution's to rounding."""
+    a = RNG.standard_normal((n, n)).astype(dtype) + np.eye(n, dtype=dtype) * n
+    a[np.triu_indices(n, 1) if lower else np.tril_indices(n, -1)] = np.nan  # the triangle not used
+    b = RNG.standard_normal((n, k)).astype(dtype)
+    got, want = np.empty_like(b), np.empty_like(b)
+    _tri(a, b, got, lower)
+    _substitute(a, b, want, lower)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    vec = np.empty(n, dtype)
+    _tri(a, b[:, 0].copy(), vec, lower)  # a vector right-hand side
+    np.testing.assert_allclose(vec, want[:, 0], rtol=tol, atol=tol * np.abs(want).max())
+    assert (n * n * k >= V.TRSM_WORK) == (n >= 90)
+
+
+def test_triangular_solve_zero_pivot_raises_and_inf_in_the_triangle_is_substituted():
+    n, k = 64, 64  # BLAS-sized
+    a = np.eye(n) * 2.0
+    a[40, 40] = 0.0
+    with pytest.raises(np.linalg.LinAlgError, match="Singular matrix"):
+        _tri(a, np.ones((n, k)), np.empty((n, k)), True)
+    a[40, 40] = 2.0
+    a[50, 3] = np.inf  # inf * 0 = nan where substitution multiplies a zero: BLAS is not asked
+    b = np.ones((n, k))
+    b[3] = 0.0
+    got, want = np.empty((n, k)), np.empty((n, k))
+    _tri(a, b, got, True)
+    _substitute(a, b, want, True)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[50]).all()
+    np.testing.assert_array_equal(got[:50], want[:50])
