@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tapegrad.compile.gemm import use_own
 from tapegrad.compile.kernels.steps import row_major
 from tapegrad.compile.program_ir import (THIN_K, THIN_MIN, Unsupported, _axis_strides, _lit, _Loc, _Loop, _Nest,
                                          _nest_index, _off_add)
@@ -138,7 +139,7 @@ class ProductTemplates:
         matrices = len(self.shapes[a]) == 2 and len(self.shapes[b]) == 2
         if matrices and self._diag_product(a, b, o):
             return
-        self._dot_into(o, self._as_array(a), self._as_array(b), matrices)
+        self._dot_into(o, self._as_array(a), self._as_array(b), matrices, self.shapes[a][-1] if matrices else None)
 
     def _diag_of(self, s):
         """``v`` when slot ``s`` is ``diag_embed(v, ...)`` of a vector (a square matrix, ``v`` on its diagonal)."""
@@ -188,7 +189,15 @@ class ProductTemplates:
         self.emit(f"            {name}[i * {n} + j] = y")
         return True
 
-    def _dot_into(self, o, sa, sb, matrices):
+    def _mm(self, sa, sb, out, m, n, k, dt):
+        """The statement ``out = sa @ sb`` for ``m x k`` by ``k x n`` matrices: :func:`tapegrad.compile.gemm.v_gemm`
+        where :func:`~tapegrad.compile.gemm.use_own` takes it (an AVX-512 CPU whose BLAS runs narrower kernels),
+        else BLAS through ``np.dot``."""
+        if use_own(m, n, k, dt):
+            return f"v_gemm({sa}, {sb}, {out})"
+        return f"np.dot({sa}, {sb}, {out})"
+
+    def _dot_into(self, o, sa, sb, matrices, k=None):
         """Emit ``np.dot(sa, sb)`` storing into a new buffer of slot ``o``: BLAS writes the buffer itself
         (``out=``), so a workspace window costs no allocation.  A thin product of two matrices (``o`` is M x N
         with N <= 16 < M / 4, like ``H @ W2`` or ``H.T @ dP`` of a small output layer) is computed transposed,
@@ -210,6 +219,8 @@ class ProductTemplates:
             tmp = self.scratch(m * n, dt)
             self.emit(f"    np.dot(np.ascontiguousarray(({sb}).T), ({sa}).T, {tmp}.reshape(({n}, {m})))")
             self.emit(f"    {out}[:, :] = {tmp}.reshape(({n}, {m})).T")
+        elif matrices and k is not None:
+            self.emit(f"    {self._mm(sa, sb, out, m, n, k, dt)}")
         else:
             self.emit(f"    np.dot({sa}, {sb}, {out})")
 
@@ -250,12 +261,13 @@ class ProductTemplates:
         if len(lb) == 2 and lb[1] == con[0]:
             sb = f"{sb}.T"
         matrices = len(la) == 2 and len(lb) == 2
+        kc = self.shapes[a][la.index(con[0])]
         if lo == tuple(fa + fb):
-            self._dot_into(o, sa, sb, matrices)
+            self._dot_into(o, sa, sb, matrices, kc)
         elif len(lo) == 2:  # (A B)^T = B^T A^T
             ta = f"{sa}.T" if len(la) == 2 else sa
             tb = f"{sb}.T" if len(lb) == 2 else sb
-            self._dot_into(o, tb, ta, matrices)
+            self._dot_into(o, tb, ta, matrices, kc)
         else:
             raise Unsupported("einsum output order")
 
@@ -322,10 +334,11 @@ class ProductTemplates:
             views.append((v, f))
         buf = self.fresh(o)
         (va, fa), (vb, fb) = views
+        c = int(np.prod([self.shapes[a][i] for i in axes_a], dtype=np.int64))
         if swap:  # (A B)^T = B^T A^T
-            self.emit(f"    np.dot(({vb}).T, ({va}).T, {buf}.reshape(({fb}, {fa})))")
+            self.emit(f"    {self._mm(f'({vb}).T', f'({va}).T', f'{buf}.reshape(({fb}, {fa}))', fb, fa, c, dt)}")
         else:
-            self.emit(f"    np.dot({va}, {vb}, {buf}.reshape(({fa}, {fb})))")
+            self.emit(f"    {self._mm(va, vb, f'{buf}.reshape(({fa}, {fb}))', fa, fb, c, dt)}")
 
     def op_outer(self, k, op, args, outs):
         """``outer(a, b)`` of the flattened operands: a loop over the result."""
@@ -365,7 +378,8 @@ class ProductTemplates:
         if any(len(self.shapes[s]) < 2 for s in (a, b)):
             raise Unsupported("batched matmul with a vector operand")
         ind, (va, vb), vo = self._batch_views(a, b, o)
-        self.emit(f"{ind}np.dot({va}, {vb}, {vo})")
+        m, n = self.shapes[o][-2:]
+        self.emit(f"{ind}{self._mm(va, vb, vo, m, n, self.shapes[a][-1], self.dtypes[o])}")
 
     def _batch_views(self, a, b, o):
         """Emit a loop over the (broadcast) batch axes of ``o`` (all but its last two); returns ``(indent, [view of
@@ -385,10 +399,12 @@ class ProductTemplates:
         ind, (va, vb), vo = self._batch_views(a, b, o)
         va = f"{va}.T" if la[0] == c else va  # (fa, c)
         vb = f"{vb}.T" if lb[1] == c else vb  # (c, fb)
+        m, n = self.shapes[o][-2:]
+        kc = self.shapes[a][len(self.shapes[a]) - 2 + la.index(c)]
         if lo == (fa, fb):
-            self.emit(f"{ind}np.dot({va}, {vb}, {vo})")
+            self.emit(f"{ind}{self._mm(va, vb, vo, m, n, kc, self.dtypes[o])}")
         else:  # (A B)^T = B^T A^T
-            self.emit(f"{ind}np.dot(({vb}).T, ({va}).T, {vo})")
+            self.emit(f"{ind}{self._mm(f'({vb}).T', f'({va}).T', vo, m, n, kc, self.dtypes[o])}")
 
     # ---- linear algebra of one matrix (LAPACK through numba's np.linalg; batched stacks have no template)
     def _stack(self, what, batch, ins, outs):
