@@ -108,8 +108,11 @@ def _micro(typingctx, kc, ap, aoff, bp, boff, c, coff, ldc, acc):
             for j in range(NV):
                 v = res[i * NV + j]
                 ptr = builder.bitcast(builder.gep(row, [ir.Constant(i64, j * w)]), vt.as_pointer())
-                old = builder.load(ptr, align=4)
-                builder.store(builder.select(acc_, builder.fadd(old, v), v), ptr, align=4)
+                with builder.if_else(acc_) as (add, put):  # no load of c unless it is added to
+                    with add:
+                        builder.store(builder.fadd(builder.load(ptr, align=4), v), ptr, align=4)
+                    with put:
+                        builder.store(v, ptr, align=4)
         return context.get_dummy_value()
 
     return types.none(kc, ap, aoff, bp, boff, c, coff, ldc, acc), codegen
