@@ -10,8 +10,10 @@ at 58 GFLOP/s where the CPU's AVX-512 units give 120.  JAX brings its own kernel
 (``MC`` x ``KC``, for L2), and a micro-kernel written in LLVM IR (:func:`_micro`) keeps an ``MR x NR`` block of
 the product in 24 vector registers while it runs along ``KC`` (one broadcast and three fused multiply-adds per
 row and step).  On that machine: 101-104 GFLOP/s on W1's 1024x256 @ 256x256 (OpenBLAS there 58; OpenBLAS's own
-AVX-512 kernels 103), 89 on the transposed 256x1024 @ 1024x256, 82 on 200^3.  Thin products (fewer than
-``NR`` columns or ``MR`` rows: matrix-vector, W1's 10-wide layer) stay with BLAS, which is as fast there.
+AVX-512 kernels 103), 88 on the transposed 256x1024 @ 1024x256, 82 on 200^3.  Packing costs about ``10 / m``
+and ``10 / n`` of the multiply-adds, so products of fewer than 48 rows or ``2 NR`` columns (matrix-vector, W1's
+10-wide layer: BLAS-Haswell 197 us, this product 282 us on 10x256 @ 256x1024) stay with BLAS; from 64 rows and
+columns it is ahead (128^3: 56 us against 74).
 
 :func:`enabled` decides once per process whether programs use it: the CPU has AVX-512 F and SciPy's OpenBLAS
 reports kernels without AVX-512 (``Haswell``, ``Zen``, ``Sandybridge``, ...), and programs are serial (with
@@ -242,5 +244,5 @@ def decide():
 
 def use_own(m, n, k, dtype):
     """Whether a program computes an ``m x k`` by ``k x n`` product of ``dtype`` with :func:`v_gemm`."""
-    return (dtype in LANES and m >= MR and n >= NV * LANES[dtype] and k >= 1 and m * n * k >= MIN_WORK
+    return (dtype in LANES and m >= 6 * MR and n >= 2 * NV * LANES[dtype] and k >= 1 and m * n * k >= MIN_WORK
             and decide()[0])

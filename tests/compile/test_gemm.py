@@ -80,10 +80,10 @@ def test_the_policy(monkeypatch):
     monkeypatch.setattr(G, "_DECIDED", None)
     monkeypatch.setenv("TAPEGRAD_GEMM", "own")
     assert G.decide()[0]
-    assert G.use_own(1024, 256, 256, "float64") and G.use_own(64, 64, 64, "float32")
+    assert G.use_own(1024, 256, 256, "float64") and G.use_own(128, 128, 128, "float32")
+    assert G.use_own(48, 48, 16, "float64") and not G.use_own(48, 48, 8, "float64")  # too little work
     assert not G.use_own(1024, 10, 256, "float64")  # thin: BLAS
-    assert not G.use_own(4, 256, 256, "float64")
-    assert not G.use_own(16, 24, 8, "float64")  # too little work
+    assert not G.use_own(32, 256, 256, "float64") and not G.use_own(256, 64, 256, "float32")
     assert not G.use_own(64, 64, 64, "int64")
     monkeypatch.setattr(G, "_DECIDED", None)
     monkeypatch.setenv("TAPEGRAD_GEMM", "auto")
@@ -113,13 +113,13 @@ def test_programs_with_the_own_product_match_the_python_engine(dtype, monkeypatc
     W1, W2 = tg.matrix("W1", dtype=dtype), tg.matrix("W2", dtype=dtype)
     H = tg.tanh(tg.dot(X, W1))
     loss = tg.sum((tg.dot(H, W2) - Y) ** 2)
-    args = [RNG.standard_normal((96, 40)).astype(dtype), RNG.standard_normal((96, 10)).astype(dtype),
-            (RNG.standard_normal((40, 48)) / 6).astype(dtype), (RNG.standard_normal((48, 10)) / 6).astype(dtype)]
+    args = [RNG.standard_normal((96, 64)).astype(dtype), RNG.standard_normal((96, 10)).astype(dtype),
+            (RNG.standard_normal((64, 96)) / 8).astype(dtype), (RNG.standard_normal((96, 10)) / 8).astype(dtype)]
     src = run_program([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args, dtype=dtype)
     assert src.count("v_gemm(") == 2 and "np.dot(" in src  # X @ W1 and X.T @ dZ; the thin ones on BLAS
     A, B = tg.tensor3("A", dtype=dtype), tg.tensor3("B", dtype=dtype)
     c = tg.sum(tg.matmul(A, B) ** 2)
     src = run_program([A, B], [c, *tg.grad(c, [A, B])],
-                      [RNG.standard_normal((2, 40, 30)).astype(dtype), RNG.standard_normal((2, 30, 50)).astype(dtype)],
+                      [RNG.standard_normal((2, 64, 30)).astype(dtype), RNG.standard_normal((2, 30, 100)).astype(dtype)],
                       dtype=dtype)
     assert "v_gemm(" in src
