@@ -10,19 +10,19 @@ at 58 GFLOP/s where the CPU's AVX-512 units give 120.  JAX brings its own kernel
 (``MC`` x ``KC``, for L2), and a micro-kernel written in LLVM IR (:func:`_micro`) keeps an ``MR x NR`` block of
 the product in 24 vector registers while it runs along ``KC`` (one broadcast and three fused multiply-adds per
 row and step).  On that machine: 113 GFLOP/s on W1's 1024x256 @ 256x256 (OpenBLAS there 58; OpenBLAS's own
-AVX-512 kernels 103), 111 on the transposed 256x1024 @ 1024x256, 100 on 200^3; float32 217 on 1024x256 @ 256x256
-(OpenBLAS-Haswell 125).  The packing loops are written
-per layout, with indices LLVM knows are not negative: with numba's wraparound select per element they became
-vector gathers and scatters, and the transposed product ran at 71.  Packing costs about ``10 / m``
-and ``10 / n`` of the multiply-adds, so products of fewer than 48 rows or ``2 NR`` columns (matrix-vector, W1's
-10-wide layer: BLAS-Haswell 197 us, this product 282 us on 10x256 @ 256x1024) stay with BLAS; from 64 rows and
-columns it is ahead (128^3: 56 us against 74).
+AVX-512 kernels 103), 111 on the transposed 256x1024 @ 1024x256, 100 on 200^3; float32 217 on 1024x256 @
+256x256 (OpenBLAS-Haswell 125).  The packing loops are written per layout, with indices LLVM knows are not
+negative: with numba's wraparound select per element they became vector gathers and scatters, and the
+transposed product ran at 71.  Packing costs about ``10 / m`` and ``10 / n`` of the multiply-adds, so products of
+fewer than 48 rows or ``2 NR`` columns (matrix-vector, W1's 10-wide layer: BLAS-Haswell 197 us, this product
+282 us on 10x256 @ 256x1024) stay with BLAS; from 64 rows and columns it is ahead (128^3: 56 us against 74).
 
-:func:`enabled` decides once per process whether programs use it: the CPU has AVX-512 F and SciPy's OpenBLAS
+:func:`decide` decides once per process whether programs use it: the CPU has AVX-512 F and SciPy's OpenBLAS
 reports kernels without AVX-512 (``Haswell``, ``Zen``, ``Sandybridge``, ...), and programs are serial (with
 several Numba threads OpenBLAS's threaded products are kept).  ``TAPEGRAD_GEMM=own`` or ``=blas`` overrides it
-(``own`` on a CPU without AVX-512 still works: LLVM splits the vectors).  Sums run in another order than BLAS's:
-results agree to rounding, and an inf or NaN operand spreads as in BLAS (no zero is skipped).
+(``own`` on a CPU without AVX-512 should work, LLVM splitting the vectors, but no machine here lacks AVX-512 to
+test it).  Sums run in another order than BLAS's: results agree to rounding, and an inf or NaN operand spreads
+as in BLAS (no zero is skipped).
 """
 
 from __future__ import annotations
