@@ -35,6 +35,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from tapegrad.compile.vmath import nn  # an index LLVM is told is not negative
+
 MR = 8  # rows of the micro-kernel's block
 NV = 3  # vectors per row: NR = NV * lanes (24 float64, 48 float32 columns)
 KC = 192  # rows of a packed right panel: 192 x 24 x 8 bytes = 36 KB
@@ -124,24 +126,6 @@ def _micro(typingctx, kc, ap, aoff, bp, boff, c, coff, ldc, acc):
 
 
 @intrinsic
-def _nn(typingctx, x):
-    """``x``, with LLVM told it is not negative: an index sum of unknown sign gets numba's wraparound select
-    per element, and a loop with it vectorises into gathers and scatters (the edge tiles' copy took 14 % of W1's
-    program that way)."""
-    if not isinstance(x, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        (v,) = args
-        assume = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(1)]),
-                                                "llvm.assume")
-        builder.call(assume, [builder.icmp_signed(">=", v, ir.Constant(v.type, 0))])
-        return v
-
-    return x(x), codegen
-
-
-@intrinsic
 def _lanes(typingctx, arr):
     """The lanes of one 512-bit register of ``arr``'s dtype, a compile-time constant."""
     if not (isinstance(arr, types.Array) and str(arr.dtype) in LANES):
@@ -164,10 +148,10 @@ def _pack_impl(x, dst, base, t0, k0, kc, h, width):
         def impl(x, dst, base, t0, k0, kc, h, width):
             xt = x.T
             for k in range(kc):
-                o = _nn(base + k * width)
-                src = xt[_nn(k0 + k)]
+                o = nn(base + k * width)
+                src = xt[nn(k0 + k)]
                 for t in range(h):
-                    dst[o + t] = src[_nn(t0 + t)]
+                    dst[o + t] = src[nn(t0 + t)]
                 for t in range(h, width):
                     dst[o + t] = 0
         return impl
@@ -175,12 +159,12 @@ def _pack_impl(x, dst, base, t0, k0, kc, h, width):
         def impl(x, dst, base, t0, k0, kc, h, width):
             full = h - h % 8
             for t8 in range(0, full, 8):
-                r = _nn(t0 + t8)
+                r = nn(t0 + t8)
                 r0, r1, r2, r3 = x[r], x[r + 1], x[r + 2], x[r + 3]
                 r4, r5, r6, r7 = x[r + 4], x[r + 5], x[r + 6], x[r + 7]
                 for k in range(kc):
-                    o = _nn(base + k * width + t8)
-                    q = _nn(k0 + k)
+                    o = nn(base + k * width + t8)
+                    q = nn(k0 + k)
                     dst[o] = r0[q]
                     dst[o + 1] = r1[q]
                     dst[o + 2] = r2[q]
@@ -190,11 +174,11 @@ def _pack_impl(x, dst, base, t0, k0, kc, h, width):
                     dst[o + 6] = r6[q]
                     dst[o + 7] = r7[q]
             for t in range(full, h):
-                row = x[_nn(t0 + t)]
+                row = x[nn(t0 + t)]
                 for k in range(kc):
-                    dst[_nn(base + k * width + t)] = row[_nn(k0 + k)]
+                    dst[nn(base + k * width + t)] = row[nn(k0 + k)]
             for k in range(kc):
-                o = _nn(base + k * width)
+                o = nn(base + k * width)
                 for t in range(h, width):
                     dst[o + t] = 0
         return impl
@@ -245,7 +229,7 @@ def v_gemm(a, b, c):
                         else:  # an edge block: into a tile, then its valid part
                             _micro(kc, ap, ao, bp, bo, ct, 0, nr, False)
                             for i in range(h):
-                                o, t = _nn((ic + ir_ + i) * ldc + jc + jr), _nn(i * nr)
+                                o, t = nn((ic + ir_ + i) * ldc + jc + jr), nn(i * nr)
                                 if acc:
                                     for j in range(wd):
                                         cf[o + j] += ct[t + j]

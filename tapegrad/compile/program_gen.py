@@ -184,6 +184,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             "from numba import njit, prange" if self.parallel else "from numba import njit",
             "from tapegrad.compile.kernels.scalar import *  # noqa: F401,F403",
             "from tapegrad.compile.vmath import *  # noqa: F401,F403",
+            *(["from tapegrad.compile.gemm import v_gemm"] if any("v_gemm(" in line for line in self.lines) else []),
             "",
             "",
             f'@njit(cache=True, fastmath={_fastmath_src()}, error_model="numpy", nogil=True, boundscheck=False'

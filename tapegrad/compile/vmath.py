@@ -25,7 +25,6 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from tapegrad.compile.kernels import scalar as _scalar
-from tapegrad.compile.gemm import v_gemm  # noqa: F401 - generated programs call it (program_products._mm)
 from tapegrad.compile.trsm import trsm
 
 _INV_LN2 = 1.4426950408889634
