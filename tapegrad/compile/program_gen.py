@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
-from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
+from tapegrad.compile.program_ir import (PF_WORK, element_work, MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
                                          _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
                                          _read_strides, _sum_like_strides, par_chunks, place_workspace)
 from tapegrad.compile.program_loops import LoopTemplates
@@ -553,6 +553,9 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 op_strides.append(list(e[3]))
         loop = _Loop(shape, op_strides)
         loop.par = 0 if self.prefix else par_chunks(self.threads, G, loop, members, ext)  # (not in loop bodies)
+        if loop.flat and not self.prefix:
+            loop.streams, loop.itemsize = self._streams(ext, shape)
+            loop.prefetch = element_work(G, members, ext) >= PF_WORK
         # writes into one buffer at different windows (x[:-1] and x[1:] of an adjoint): a loop that
         # read-modify-writes overlapping windows carries a dependence and cannot be vectorised, so every
         # window but the first is stored to a contiguous temporary and added in a second, simple loop
@@ -640,6 +643,26 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 _, buf, x, ws, dt, scale, _o = e
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
+
+    def _streams(self, ext, shape):
+        """The arrays a flat loop over ``shape`` reads along it at unit stride, as ``(buffer, offset)`` (the lowest
+        offset of each), and the item size of the first: what :func:`~tapegrad.compile.program_ir.loop_range`
+        aligns to and prefetches.  Argument arrays come first (a caller's array may start anywhere; the
+        program's own buffers start on 32 or 64 bytes)."""
+        rm = list(row_major(shape))
+        found = {}
+        for s in ext:
+            loc = self.loc[s]
+            if loc.lit is not None or not loc.buf or self.strides_for(s, shape) != rm:
+                continue
+            old = found.get(loc.buf)
+            if old is None or (isinstance(loc.off, int) and isinstance(old[0], int) and loc.off < old[0]):
+                found[loc.buf] = (loc.off, np.dtype(self.dtypes[s]).itemsize)
+        arg = [b for b in found if b[:1] in "xh" and b[1:].isdigit()]
+        order = arg + [b for b in found if b not in arg]
+        if not order:
+            return [], 8
+        return [(b, found[b][0]) for b in order], found[order[0]][1]
 
     def _emit_primary(self, ind, loop, G, tn, outs, rows=None):
         """Emit, at the loop's position, the stores of the group's outputs and its in-loop reductions (a partial

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from tapegrad.compile.program_ir import par_range
+from tapegrad.compile.program_ir import loop_range, splits
 
 
 def segments(spans, lo, hi):
@@ -83,11 +83,12 @@ class WindowTemplates:
                 if assign:
                     self.emit(f"    {buf}[{a}:{b}] = 0")
                 continue
-            if loop.par and (b - a) * 8 >= m:  # the long segments (the edges of the windows stay serial)
-                ind = par_range(self.emit, "    ", "p", a, b, loop.par)
-            else:
-                self.emit(f"    for p in range({a}, {b}):")
-                ind = "        "
+            # the long segments run in chunks (the edges of the windows stay serial); the loop over output
+            # positions p reads the primary window's operands at p - o_d: aligned there (see loop_range)
+            chunks = loop.par if loop.par and (b - a) * 8 >= m else 0
+            streams = [(sb, so - o_d if isinstance(so, int) else f"({so}) - {o_d}") for sb, so in loop.streams]
+            loop.split = loop.split or splits(b - a, chunks, streams)
+            ind = loop_range(self.emit, "    ", "p", a, b, chunks, streams, loop.itemsize, loop.prefetch)
             vals = []
             for w in active:
                 var = "i" if w == o_d else self.tmp("j")
@@ -102,4 +103,4 @@ class WindowTemplates:
                     tn = self._emit_eval(ind, loop, ms, ex)
                 vals += [_convert(tn[e[4]], self.dtypes[e[4]], e[6]) for e in writes[w]]
                 loop.var = "i"
-            self.emit(f"{ind}{buf}[{'nn(p)' if loop.par else 'p'}] {'=' if assign else '+='} {' + '.join(vals)}")
+            self.emit(f"{ind}{buf}[{'nn(p)' if loop.par or loop.split else 'p'}] {'=' if assign else '+='} {' + '.join(vals)}")

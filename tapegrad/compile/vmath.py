@@ -9,7 +9,8 @@ measures it).  Generated modules import this after :mod:`tapegrad.compile.kernel
 expressions are the ``v_`` functions here (about 5x faster than libm's on a 10**6-element loop, 9x for log1p
 and expm1); the interpreter (tier 0) keeps libm.  ``v_sin``/``v_cos`` are here and tested but not wired in
 (see the end of the module).  Float32 arguments are computed in float64 and rounded once by the caller.
-The module also holds ``v_tri_solve``, the triangular solve of the program tier.
+The module also holds ``v_tri_solve``, the triangular solve of the program tier, and the helpers of its long
+loops: ``align_split`` (where a loop's vector loads start on a cache line) and ``prefetch``.
 
 They are inlined in Numba's IR (``inline="always"``): with numba 0.65 (LLVM 14) a large generated program
 kept them as calls, and a loop with a call does not vectorise.
@@ -22,6 +23,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from tapegrad.compile.kernels import scalar as _scalar
@@ -119,6 +121,44 @@ def nn(typingctx, x):
         return v
 
     return x(x), codegen
+
+
+@njit(error_model="numpy", inline="always")
+def align_split(a, off, lo, hi):
+    """The first index ``k`` in ``[lo, hi]`` at which ``a[off + k]`` (of the flat array ``a``) starts a 64-byte
+    line: where a program's loop splits so that its vector loop loads whole lines (see
+    :func:`tapegrad.compile.program_ir.loop_range`).  ``lo`` when no element does (an address that is not a
+    multiple of the item size), ``hi`` when none in range does."""
+    size = a.itemsize
+    mis = (a.ctypes.data + (off + lo) * size) & 63
+    if mis % size:
+        return lo
+    return min(lo + ((64 - mis) & 63) // size, hi)
+
+
+@intrinsic
+def prefetch(typingctx, a, k):
+    """Ask the CPU to bring the cache line of ``a[k]`` (of a 1-d array) into L1 (``llvm.prefetch``: read, high
+    locality); no effect on results, and an address past the array is never accessed."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr, idx = args
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, arr)
+        if aty.layout == "C":  # a constant step (the item size)
+            stride = ir.Constant(idx.type, context.get_abi_sizeof(context.get_data_type(aty.dtype)))
+        else:
+            (stride,) = cgutils.unpack_tuple(builder, ary.strides, 1)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        ptr = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(idx, stride)])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(a, k), codegen
 
 
 @intrinsic
