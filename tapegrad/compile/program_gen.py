@@ -6,23 +6,34 @@ loops: :mod:`~tapegrad.compile.program_loops`."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
 from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
-from tapegrad.compile.program_ir import (PF_WORK, element_work, MAX_INSTRUCTIONS, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
+from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PF_WORK, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
                                          _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
-                                         _read_strides, _sum_like_strides, par_chunks, place_workspace)
+                                         _read_strides, _sum_like_strides, element_work, par_chunks, place_workspace)
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
 from tapegrad.compile.program_trees import TreeTemplates
 from tapegrad.compile.program_windows import WindowTemplates
 from tapegrad.compile.threads import program_threads
+from tapegrad.compile.vmath import HUGE_MIN
 from tapegrad.ops.elemwise import _IMPLS
 from tapegrad.registry import name_of
 
 _COPIES = ("SUM_LIKE", "BROADCAST_LIKE", "CAST", "SPECIFY_SHAPE", "IDENTITY")  # same shape and dtype: a no-op
+
+
+def _alloc_src(n, dt, zero=False):
+    """Source of a new flat array of ``n`` elements of ``dt`` (zeroed with ``zero``): ``np.empty``/``np.zeros``,
+    or on Linux from :data:`~tapegrad.compile.vmath.HUGE_MIN` bytes on ``huge_empty`` (huge pages)."""
+    if sys.platform.startswith("linux") and n * np.dtype(dt).itemsize >= HUGE_MIN:
+        return f"huge_{'zeros' if zero else 'empty'}({n}, np.{dt})"
+    return f"np.{'zeros' if zero else 'empty'}({n}, np.{dt})"
+
 
 class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTemplates):
     """Source generator for one tape at one shape signature."""
@@ -98,7 +109,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             if zero:
                 self.emit(f"    {name}[:] = 0")
         else:
-            self.emit(f"    {name} = np.{'zeros' if zero else 'empty'}({n}, np.{dt})")
+            self.emit(f"    {name} = {_alloc_src(n, dt, zero)}")
 
     def fresh(self, s, zero=False, keep=False):
         """A new owned buffer for slot ``s``: a workspace window when it is a large intermediate of the
@@ -219,7 +230,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         n = max(loc.size, 1) if loc.shape == () else loc.size
         if into is None:
             name = self.tmp("o")
-            self.emit(f"    {name} = np.empty({n}, np.{dt})")
+            self.emit(f"    {name} = {_alloc_src(n, dt)}")
         else:
             name = into
         loop = _Loop(loc.shape, [self.strides_for(s, loc.shape), row_major(loc.shape)])

@@ -146,6 +146,21 @@ def test_sum_like_and_broadcast_like(dtype):
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64"])
+def test_same_shape_sum_like_copies_contiguous_and_strided_inputs(dtype):
+    # nothing to sum: a contiguous input is copied without an accumulator, a strided view (a transpose) goes
+    # through the summing path; both give the input (a leading 1 of the input dropped as the target says)
+    g, x, h = var(dtype, 2), var(dtype, 2), var(dtype, 3)
+    vals = [rand((6, 7), dtype), rand((6, 7), dtype), rand((1, 7, 6), dtype)]
+    outs = [O.sum_like(g * 2, x), O.sum_like(g.T, x.T), O.sum_like(h, g.T)]
+    cpu, got, want = run_both([g, x, h], outs, vals)
+    assert_same(got, want)
+    assert got[0].dtype == np.dtype(dtype) and got[2].shape == (7, 6)
+    np.testing.assert_array_equal(got[0], vals[0] * 2)
+    np.testing.assert_array_equal(got[1], vals[0].T)
+    np.testing.assert_array_equal(got[2], vals[2][0])
+
+
 # ----------------------------------------------------------------------------- callbacks
 class CumSum(Op):
     """A user op: no code, no infer_shape -> runs by callback, shape found by a pre-pass."""

@@ -1,6 +1,7 @@
 """Long loops of the program tier: split where the vector loop loads whole cache lines, and prefetched when they
 compute much per element and stream a lot (:func:`tapegrad.compile.program_ir.loop_range`,
-:func:`tapegrad.compile.vmath.align_split`, :func:`tapegrad.compile.vmath.prefetch`).
+:func:`tapegrad.compile.vmath.align_split`, :func:`tapegrad.compile.vmath.prefetch`); large results on
+transparent huge pages (:func:`tapegrad.compile.vmath.huge_empty`).
 
 Neither may change a value: every program here is compared with the python engine, on inputs that start at
 every 8-byte offset of a cache line (a large NumPy array starts 16 bytes into one).
@@ -8,13 +9,15 @@ every 8-byte offset of a cache line (a large NumPy array starts 16 bytes into on
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
 
 import tapegrad as tg
 from tapegrad.compile import program_gen, program_ir
-from tapegrad.compile.vmath import align_split, prefetch
+from tapegrad.compile.vmath import HUGE_MIN, align_split, huge_empty, huge_zeros, prefetch
 from tests.compile.program_checks import run_program
 from tests.compile.test_program_parallel import _need_tbb
 
@@ -130,3 +133,42 @@ def test_parallel_chunks_split_and_prefetch_each_chunk(monkeypatch):
     # the value is a prange reduction inside the split loops: still one sum
     grad = run_program([x], [c, tg.grad(c, x)], [xv])
     assert "for cq in prange(2):" in grad and "align_split(x0, 0, q_lo, q_hi)" in grad
+
+
+def _vm_flags(addr):
+    """The ``VmFlags`` of the mapping of this process that holds ``addr``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_HUGEPAGE is Linux's")
+def test_huge_empty_advises_huge_pages_before_the_first_touch():
+    n = HUGE_MIN // 8 * 4  # 16 MB: past glibc's default mmap threshold, a mapping of its own
+    a = huge_empty(n, np.float64)
+    assert a.shape == (n,) and a.dtype == np.float64 and a.flags.c_contiguous
+    assert "hg" in _vm_flags(a.ctypes.data + 8192)  # hg: MADV_HUGEPAGE
+    z = huge_zeros(n // 2, np.float32)
+    assert z.dtype == np.float32 and z.shape == (n // 2,) and not z.any()
+    a[:] = 1.5  # usable memory
+    assert a.sum() == 1.5 * n
+
+
+def test_a_large_result_is_allocated_on_huge_pages_and_a_small_one_is_not():
+    x = tg.dvector("x")
+    c = _rosen(x)
+    n = HUGE_MIN // 8 + 1000  # the gradient (a result) just over 4 MB
+    src = run_program([x], [c, tg.grad(c, x)], [RNG.uniform(-1.5, 1.5, n)])
+    if sys.platform.startswith("linux"):
+        assert f"huge_empty({n}, np.float64)" in src
+    else:
+        assert "huge_empty" not in src
+    src = run_program([x], [c, tg.grad(c, x)], [RNG.uniform(-1.5, 1.5, 1000)])
+    assert "huge_empty" not in src and "np.empty(1000, np.float64)" in src
