@@ -172,3 +172,19 @@ def test_a_large_result_is_allocated_on_huge_pages_and_a_small_one_is_not():
         assert "huge_empty" not in src
     src = run_program([x], [c, tg.grad(c, x)], [RNG.uniform(-1.5, 1.5, 1000)])
     assert "huge_empty" not in src and "np.empty(1000, np.float64)" in src
+
+
+@pytest.mark.parametrize("mod", [0, 16, 24])
+def test_shifted_windows_split_and_prefetch_at_the_primary_window(monkeypatch, mod):
+    # the gradient of a stencil writes x's adjoint at three windows; the loop over output positions p reads the
+    # primary window's operands at p - offset: the split and the prefetches are placed for that index
+    monkeypatch.setattr(program_ir, "PF_BYTES", 1 << 12)
+    monkeypatch.setattr(program_gen, "PF_WORK", 1)
+    monkeypatch.setattr(program_gen, "program_threads", lambda: 1)
+    x = tg.dvector("x")
+    c = tg.sum((x[2:] - x[:-2]) ** 2 * tg.tanh(x[1:-1]))
+    xv = _at(RNG.uniform(-1.5, 1.5, N), mod)
+    src = run_program([x], [c, tg.grad(c, x)], [xv])
+    assert "q_al = align_split(x0, " in src and "prefetch(x0, " in src
+    heads = [line.strip() for line in src.splitlines() if "align_split(" in line]
+    assert any(", -" in h for h in heads), heads  # a window at an offset: the anchor's offset is shifted
