@@ -16,7 +16,9 @@ saves a bar chart of the ratios beside it (if matplotlib is importable).
 * softmax cross-entropy, 2048 x 256 x 100 (two GEMMs, row max/sum);
 * Gaussian-process negative log-likelihood, n = 200, d = 3 (pairwise distances, ``cholesky``, ``solve``);
 * a tiny two-layer tanh network, 8 x 16 x 16 (call overhead);
-* an elementwise mix over 2 x 10^6 (``sin``, ``exp``, ``sqrt``, ``log1p``).
+* an elementwise mix over 2 x 10^6 (``sin``, ``exp``, ``sqrt``, ``log1p``);
+* W2's Rosenbrock at n = 10^7 (80 MB arrays: results past glibc's mmap threshold, fresh pages every call);
+* W1's MLP with a 4096-row batch.
 """
 from __future__ import annotations
 
@@ -71,6 +73,14 @@ def elementwise(xp, x, y):
     return xp.sum(xp.sin(x) * xp.exp(-y * y) + xp.sqrt(1 + x * x) * xp.log1p(y * y))
 
 
+def rosenbrock(xp, x):
+    return xp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def mlp(xp, W1, b1, W2, b2, X, Y):
+    return xp.sum((xp.tanh(X @ W1 + b1) @ W2 + b2 - Y) ** 2) / X.shape[0]
+
+
 def workloads():
     r = np.random.default_rng(0)
     return {  # name: (function, arguments, indices of the arguments differentiated)
@@ -83,6 +93,10 @@ def workloads():
         "tiny mlp 8x16x16": (tiny_mlp, [r.standard_normal((16, 16)), r.standard_normal((16, 16)),
                                         r.standard_normal((8, 16))], [0, 1]),
         "elementwise 2 x 1e6": (elementwise, [r.standard_normal(1_000_000), r.standard_normal(1_000_000)], [0, 1]),
+        "rosenbrock n=1e7": (rosenbrock, [r.uniform(-1.5, 1.5, 10_000_000)], [0]),
+        "mlp 4096x256x256x10": (mlp, [0.05 * r.standard_normal((256, 256)), np.zeros(256),
+                                      0.05 * r.standard_normal((256, 10)), np.zeros(10),
+                                      r.standard_normal((4096, 256)), r.standard_normal((4096, 10))], [0, 1, 2, 3]),
     }
 
 
