@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tapegrad.compile.gemm import use_own
+from tapegrad.compile.gemm import MR, PAR_WORK_GEMM, use_own
 from tapegrad.compile.kernels.steps import row_major
 from tapegrad.compile.program_ir import (THIN_K, THIN_MIN, Unsupported, _axis_strides, _lit, _Loc, _Loop, _Nest,
                                          _nest_index, _off_add)
@@ -193,7 +193,9 @@ class ProductTemplates:
         """The statement ``out = sa @ sb`` for ``m x k`` by ``k x n`` matrices: :func:`tapegrad.compile.gemm.v_gemm`
         where :func:`~tapegrad.compile.gemm.use_own` takes it (an AVX-512 CPU whose BLAS runs narrower kernels),
         else BLAS through ``np.dot``."""
-        if use_own(m, n, k, dt):
+        if use_own(m, n, k, dt, self.threads):
+            if self.threads > 1 and m >= 2 * MR * self.threads and m * n * k >= PAR_WORK_GEMM:
+                return f"v_gemm_par({sa}, {sb}, {out}, {self.threads})"
             return f"v_gemm({sa}, {sb}, {out})"
         return f"np.dot({sa}, {sb}, {out})"
 
@@ -215,7 +217,9 @@ class ProductTemplates:
             return
         m, n = self.shapes[o]
         out = f"{name}.reshape({self.shapes[o]!r})"
-        if matrices and 1 < n <= 16 and m > 4 * n:
+        if matrices and k is not None and self.threads > 1 and use_own(m, n, k, dt, self.threads):
+            self.emit(f"    {self._mm(sa, sb, out, m, n, k, dt)}")  # (thin ones too: see use_own)
+        elif matrices and 1 < n <= 16 and m > 4 * n:
             tmp = self.scratch(m * n, dt)
             self.emit(f"    np.dot(np.ascontiguousarray(({sb}).T), ({sa}).T, {tmp}.reshape(({n}, {m})))")
             # the transposed copy as a loop over constant bounds: numba's `out[:, :] = tmp.T` indexes with a

@@ -10,7 +10,9 @@ from numba import njit
 
 import tapegrad as tg
 from tapegrad.compile import gemm as G
+from tapegrad.compile import program_gen
 from tests.compile.program_checks import run_program
+from tests.compile.test_program_parallel import _need_tbb
 
 RNG = np.random.default_rng(5)
 
@@ -98,7 +100,11 @@ def test_the_policy(monkeypatch):
     monkeypatch.setattr(G, "_DECIDED", None)
     monkeypatch.setattr(G, "_openblas_corename", lambda: "zen")
     monkeypatch.setattr(T, "program_threads", lambda: 2)
-    assert G.decide() == (False, "BLAS runs zen kernels, but on 2 threads")
+    assert G.decide() == (True, "BLAS runs zen kernels on an AVX-512 CPU (own product on 2 threads)")
+    # a threaded program takes thin products too (OpenBLAS's threads must not wake), not tiny ones
+    assert G.use_own(1024, 10, 256, "float64", threads=2) and G.use_own(10, 256, 1024, "float64", threads=2)
+    assert not G.use_own(1024, 10, 256, "float64", threads=1)
+    assert not G.use_own(16, 16, 16, "float64", threads=2) and not G.use_own(64, 64, 64, "int64", threads=2)
     monkeypatch.setattr(G, "_DECIDED", None)
     monkeypatch.setattr(G, "_avx512", lambda: False)
     assert G.decide() == (False, "no AVX-512: BLAS")
@@ -109,6 +115,7 @@ def test_programs_with_the_own_product_match_the_python_engine(dtype, monkeypatc
     """An MLP's value and gradients (W1's shape, smaller) and a batched product, with the own product forced: the
     program calls v_gemm for the wide products and BLAS for the 10-wide layer."""
     monkeypatch.setattr(G, "_DECIDED", (True, "test"))
+    monkeypatch.setattr(program_gen, "program_threads", lambda: 1)
     X, Y = tg.matrix("X", dtype=dtype), tg.matrix("Y", dtype=dtype)
     W1, W2 = tg.matrix("W1", dtype=dtype), tg.matrix("W2", dtype=dtype)
     H = tg.tanh(tg.dot(X, W1))
@@ -123,3 +130,35 @@ def test_programs_with_the_own_product_match_the_python_engine(dtype, monkeypatc
                       [RNG.standard_normal((2, 64, 30)).astype(dtype), RNG.standard_normal((2, 30, 100)).astype(dtype)],
                       dtype=dtype)
     assert "v_gemm(" in src
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_threaded_programs_split_big_products_and_keep_thin_ones_off_blas(dtype, monkeypatch):
+    """On two threads every product goes to the own kernel: the big ones split by rows across the threads
+    (v_gemm_par), the 10-wide ones too when they have the work, else serial v_gemm; none calls BLAS."""
+    _need_tbb()
+    monkeypatch.setattr(G, "_DECIDED", (True, "test"))
+    monkeypatch.setattr(program_gen, "program_threads", lambda: 2)
+    X, Y = tg.matrix("X", dtype=dtype), tg.matrix("Y", dtype=dtype)
+    W1, W2 = tg.matrix("W1", dtype=dtype), tg.matrix("W2", dtype=dtype)
+    H = tg.tanh(tg.dot(X, W1))
+    loss = tg.sum((tg.dot(H, W2) - Y) ** 2)
+    n, d = 1030, 160  # 1030 rows: the row blocks are multiples of MR with a ragged end
+    args = [RNG.standard_normal((n, d)).astype(dtype), RNG.standard_normal((n, 10)).astype(dtype),
+            (RNG.standard_normal((d, d)) / 16).astype(dtype), (RNG.standard_normal((d, 10)) / 8).astype(dtype)]
+    src = run_program([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args, dtype=dtype)
+    assert "np.dot(" not in src
+    assert src.count("v_gemm_par(") >= 2 and ", 2)" in src  # X @ W1 and X.T @ dZ: 1030 x 160 x 160 > 2^21
+    assert "from tapegrad.compile.gemm import v_gemm" in src
+
+
+def test_v_gemm_par_matches_numpy_on_ragged_row_blocks():
+    for m, parts in ((1030, 2), (17, 2), (8, 3), (200, 7)):
+        a, b = RNG.standard_normal((m, 70)), RNG.standard_normal((70, 50))
+        c = np.full((m, 50), np.nan)
+        G.v_gemm_par(a, b, c, parts)
+        np.testing.assert_allclose(c, a @ b, rtol=1e-12, atol=1e-12)
+    a = RNG.standard_normal((300, 64))
+    c = np.empty((64, 64))
+    G.v_gemm_par(a.T, a, c, 2)  # a transposed left operand
+    np.testing.assert_allclose(c, a.T @ a, rtol=1e-12, atol=1e-11)
