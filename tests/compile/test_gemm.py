@@ -110,19 +110,26 @@ def test_the_policy(monkeypatch):
     assert G.decide() == (False, "no AVX-512: BLAS")
 
 
+def _mlp_source(dtype, n, d, hidden, scale):
+    """The program source of an MLP's value and gradients (``n x d`` inputs, ``hidden`` units, a 10-wide output
+    layer), after checking it against the python engine."""
+    X, Y = tg.matrix("X", dtype=dtype), tg.matrix("Y", dtype=dtype)
+    W1, W2 = tg.matrix("W1", dtype=dtype), tg.matrix("W2", dtype=dtype)
+    H = tg.tanh(tg.dot(X, W1))
+    loss = tg.sum((tg.dot(H, W2) - Y) ** 2)
+    args = [RNG.standard_normal((n, d)).astype(dtype), RNG.standard_normal((n, 10)).astype(dtype),
+            (RNG.standard_normal((d, hidden)) / scale).astype(dtype),
+            (RNG.standard_normal((hidden, 10)) / 8).astype(dtype)]
+    return run_program([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args, dtype=dtype)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_programs_with_the_own_product_match_the_python_engine(dtype, monkeypatch):
     """An MLP's value and gradients (W1's shape, smaller) and a batched product, with the own product forced: the
     program calls v_gemm for the wide products and BLAS for the 10-wide layer."""
     monkeypatch.setattr(G, "_DECIDED", (True, "test"))
     monkeypatch.setattr(program_gen, "program_threads", lambda: 1)
-    X, Y = tg.matrix("X", dtype=dtype), tg.matrix("Y", dtype=dtype)
-    W1, W2 = tg.matrix("W1", dtype=dtype), tg.matrix("W2", dtype=dtype)
-    H = tg.tanh(tg.dot(X, W1))
-    loss = tg.sum((tg.dot(H, W2) - Y) ** 2)
-    args = [RNG.standard_normal((96, 64)).astype(dtype), RNG.standard_normal((96, 10)).astype(dtype),
-            (RNG.standard_normal((64, 96)) / 8).astype(dtype), (RNG.standard_normal((96, 10)) / 8).astype(dtype)]
-    src = run_program([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args, dtype=dtype)
+    src = _mlp_source(dtype, 96, 64, 96, 8)
     assert src.count("v_gemm(") == 2 and "np.dot(" in src  # X @ W1 and X.T @ dZ; the thin ones on BLAS
     A, B = tg.tensor3("A", dtype=dtype), tg.tensor3("B", dtype=dtype)
     c = tg.sum(tg.matmul(A, B) ** 2)
@@ -139,14 +146,7 @@ def test_threaded_programs_split_big_products_and_keep_thin_ones_off_blas(dtype,
     _need_tbb()
     monkeypatch.setattr(G, "_DECIDED", (True, "test"))
     monkeypatch.setattr(program_gen, "program_threads", lambda: 2)
-    X, Y = tg.matrix("X", dtype=dtype), tg.matrix("Y", dtype=dtype)
-    W1, W2 = tg.matrix("W1", dtype=dtype), tg.matrix("W2", dtype=dtype)
-    H = tg.tanh(tg.dot(X, W1))
-    loss = tg.sum((tg.dot(H, W2) - Y) ** 2)
-    n, d = 1030, 160  # 1030 rows: the row blocks are multiples of MR with a ragged end
-    args = [RNG.standard_normal((n, d)).astype(dtype), RNG.standard_normal((n, 10)).astype(dtype),
-            (RNG.standard_normal((d, d)) / 16).astype(dtype), (RNG.standard_normal((d, 10)) / 8).astype(dtype)]
-    src = run_program([X, Y, W1, W2], [loss, *tg.grad(loss, [W1, W2])], args, dtype=dtype)
+    src = _mlp_source(dtype, 1030, 160, 160, 16)  # 1030 rows: row blocks are multiples of MR, with a ragged end
     assert "np.dot(" not in src
     assert src.count("v_gemm_par(") >= 2 and ", 2)" in src  # X @ W1 and X.T @ dZ: 1030 x 160 x 160 > 2^21
     assert "from tapegrad.compile.gemm import v_gemm" in src
