@@ -2,6 +2,7 @@
 
 * ``perf/scan_memory.py --measure rss``: one fresh process per cell, gradients of ``"binomial"`` equal ``"all"``.
 * ``perf/sparse_jacobian.py`` at n = 60 (reference engine): exact CSR, 3 colors, dense == sparse.
+* ``perf/stream_loops.py`` at one size: a row of grad/HVP timings with the long-loop handling off and on.
 * ``perf/compare.py``'s W6 (Rosenbrock Hessian) hand-written reference against ``tg.hessian``, and its W4 loop graph
   (``tg.scan``) against the anchors' NumPy adjoint, both on the reference engine (needs ``shared/perf/anchors.py``
   beside the repository, else skipped).
@@ -114,3 +115,17 @@ def test_blas_kernels_reports_the_environment_it_ran_with(monkeypatch):
     assert set(rep) >= {"numpy", "scipy"}
     if rep["scipy"] is not None:  # threadpoolctl installed (the perf extra): OpenBLAS obeys the variable
         assert rep["scipy"].lower() == "haswell"
+
+
+def test_stream_loops_script_tiny(tmp_path):
+    """``perf/stream_loops.py`` at one size past ALIGN_MIN: a row of seven numbers, ratios computed from them."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out_file = tmp_path / "stream.txt"
+    out = subprocess.run([sys.executable, str(PERF / "stream_loops.py"), "--sizes", "3000", "--rounds", "1",
+                          "--out", str(out_file)], capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = out.stdout.strip().splitlines()[-1].split()
+    assert row[0] == "3000" and len(row) == 7, out.stdout
+    g0, h0, r0, g1, h1, r1 = (float(v) for v in row[1:])
+    assert min(g0, h0, g1, h1) > 0 and abs(r0 - h0 / g0) < 0.01 and abs(r1 - h1 / g1) < 0.01
+    assert out_file.read_text().splitlines()[-1].split() == row

@@ -87,7 +87,7 @@ class WindowTemplates:
             # positions p reads the primary window's operands at p - o_d: aligned there (see loop_range)
             chunks = loop.par if loop.par and (b - a) * 8 >= m else 0
             streams = [(sb, so - o_d if isinstance(so, int) else f"({so}) - {o_d}") for sb, so in loop.streams]
-            loop.split = loop.split or splits(b - a, chunks, streams)
+            loop.split = loop.split or splits(b - a, chunks, streams, loop.prefetch)
             ind = loop_range(self.emit, "    ", "p", a, b, chunks, streams, loop.itemsize, loop.prefetch)
             vals = []
             for w in active:

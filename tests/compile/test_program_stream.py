@@ -89,10 +89,18 @@ def test_a_long_loop_splits_at_an_aligned_index_whatever_the_inputs_offsets(mod)
 
 
 def test_float32_loop_splits_on_its_own_item_size():
-    x = tg.vector("x", dtype="float32")
-    c = tg.sum(tg.exp(-x * x))
-    src = run_program([x], [c, tg.grad(c, x)], [_at(RNG.standard_normal(N).astype(np.float32), 20)], "float32")
+    x, y = tg.vector("x", dtype="float32"), tg.vector("y", dtype="float32")
+    c = tg.sum(tg.exp(-x * y))
+    args = [_at(RNG.standard_normal(N).astype(np.float32), 20), _at(RNG.standard_normal(N).astype(np.float32), 52)]
+    src = run_program([x, y], [c, *tg.grad(c, [x, y])], args, "float32")
     assert "align_split(x0, 0, 0," in src
+
+
+def test_a_loop_over_one_array_splits_too():
+    x = tg.dvector("x")
+    c = tg.sum(tg.sin(x) * x)
+    src = run_program([x], [c, tg.grad(c, x)], [_at(RNG.standard_normal(N), 16)])
+    assert f"q_al = align_split(x0, 0, 0, {N})" in src
 
 
 def test_a_short_loop_runs_as_one_range():
@@ -130,8 +138,10 @@ def test_parallel_chunks_split_and_prefetch_each_chunk(monkeypatch):
     hvp = run_program([x, v], [tg.hessian_vector_product(c, x, v)], [xv, vv])
     assert "for cq in prange(2):" in hvp and "q_al = align_split(x1, 0, q_lo, q_hi)" in hvp
     assert "prefetch(" in hvp
-    # the value is a prange reduction inside the split loops: still one sum
-    grad = run_program([x], [c, tg.grad(c, x)], [xv])
+    # a prange reduction inside split loops: still one sum
+    y = tg.dvector("y")
+    c2 = tg.sum(tg.tanh(x) * y)
+    grad = run_program([x, y], [c2, *tg.grad(c2, [x, y])], [xv, vv])
     assert "for cq in prange(2):" in grad and "align_split(x0, 0, q_lo, q_hi)" in grad
 
 
