@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import blas_kernels, blas_line, one_core  # noqa: E402
+from one_core import blas_kernels, blas_line, block_median, one_core  # noqa: E402
 
 one_core()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -132,15 +132,6 @@ def build_jax(fn, args, wrt):
     v, g = jax.block_until_ready(jf(*ja))
     first_s = time.perf_counter() - t0
     return (lambda: jax.block_until_ready(jf(*ja))), [np.asarray(v)] + [np.asarray(x) for x in g], first_s, "jit"
-
-
-def block_median(call, n):
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def duel(calls, rounds=9, budget=0.25):

@@ -67,3 +67,16 @@ def blas_line(rep):
         return s + (f"pinned by {set_} in this environment; `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` "
                     "lets OpenBLAS choose for this CPU")
     return s + "(OpenBLAS's own choice for this CPU)"
+
+
+def block_median(call, n):
+    """The median time of ``n`` calls of ``call()`` (seconds, ``time.perf_counter``)."""
+    import statistics
+    import time
+
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)

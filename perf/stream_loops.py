@@ -16,14 +16,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import one_core  # noqa: E402
+from one_core import block_median, one_core  # noqa: E402
 
 one_core()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -52,15 +50,6 @@ def build(xv, vv, long_loops):
     return (lambda: fg(xv)), (lambda: fh(xv, vv))
 
 
-def block(call, reps):
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        call()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1e4,1e5,1e6,4e6", help="comma-separated element counts")
@@ -80,7 +69,7 @@ def main():
         best = [float("inf")] * 4
         for r in range(a.rounds):
             for j in [(r + i) % 4 for i in range(4)]:  # rotated: each cell follows each other one in turn
-                best[j] = min(best[j], block(calls[j], reps) / n * 1e9)
+                best[j] = min(best[j], block_median(calls[j], reps) / n * 1e9)
         g0, h0, g1, h1 = best
         row = f"{n:9d} {g0:9.3f} {h0:9.3f} {h0 / g0:6.2f} {g1:9.3f} {h1:9.3f} {h1 / g1:6.2f}"
         lines.append(row)
