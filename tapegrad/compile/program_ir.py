@@ -136,8 +136,8 @@ PF_STREAMS = 4  # at most this many arrays prefetched
 
 
 def loop_range(emit, ind, var, lo, hi, chunks=0, streams=(), itemsize=8, prefetch=False):
-    """Emit ``for <var> in range(lo, hi)``; returns the body indentation.  The body must index through
-    :func:`~tapegrad.compile.vmath.nn` (see there) when ``chunks`` is set or :func:`splits` says the loop splits.
+    """Emit ``for <var> in range(lo, hi)``; returns ``(body indentation, split)``.  The body must index through
+    :func:`~tapegrad.compile.vmath.nn` (see there) when ``chunks`` is set or ``split`` is true.
 
     * ``chunks``: the range is split into that many contiguous chunks, run by ``prange``.
     * ``streams``: ``(buffer, offset)`` pairs of the arrays the body reads as ``buffer[offset + var]``, the first
@@ -154,20 +154,22 @@ def loop_range(emit, ind, var, lo, hi, chunks=0, streams=(), itemsize=8, prefetc
       (W2's gradient: 0.18 -> 0.20 at 1e6, 0.30 -> 0.34 at 4e6), so it runs unblocked."""
     per = -(-(hi - lo) // chunks) if chunks else hi - lo
     streams = list(streams)[:PF_STREAMS]
+    # split: W2's gradient, one input and its result, ran 0.94-0.98x split at n = 1e6 to 4e6 (same arrays,
+    # interleaved); its HVP, two inputs, 0.6-0.8x
+    split = bool(streams) and per >= ALIGN_MIN
     if chunks:
         emit(f"{ind}for cq in prange({chunks}):")
         ind += "    "
-        start = f"{lo} + cq * {per}" if lo else f"cq * {per}"
-        if not splits(hi - lo, chunks, streams, prefetch):
-            emit(f"{ind}for {var} in range({start}, min({start} + {per}, {hi})):")
-            return ind + "    "
-        emit(f"{ind}q_lo = {start}")
+        if not split:
+            emit(f"{ind}for {var} in {_chunk_range(lo, hi, chunks)}:")
+            return ind + "    ", False
+        emit(f"{ind}q_lo = {f'{lo} + cq * {per}' if lo else f'cq * {per}'}")
         emit(f"{ind}q_hi = min(q_lo + {per}, {hi})")
         start, stop = "q_lo", "q_hi"
     else:
-        if not splits(hi - lo, 0, streams, prefetch):
+        if not split:
             emit(f"{ind}for {var} in range({f'{lo}, ' if lo else ''}{hi}):")
-            return ind + "    "
+            return ind + "    ", False
         start, stop = str(lo), str(hi)
     buf, off = streams[0]
     emit(f"{ind}q_al = align_split({buf}, {off}, {start}, {stop})")
@@ -175,7 +177,7 @@ def loop_range(emit, ind, var, lo, hi, chunks=0, streams=(), itemsize=8, prefetc
     lo_src, hi_src = f"{start} if q_sg == 0 else q_al", f"q_al if q_sg == 0 else {stop}"
     if not prefetch or per * itemsize * len(streams) < PF_BYTES:
         emit(f"{ind}    for {var} in range({lo_src}, {hi_src}):")
-        return ind + "        "
+        return ind + "        ", True
     block, ahead = max(PF_BLOCK // itemsize, 1), max(PF_AHEAD // itemsize, 1)
     emit(f"{ind}    q_a = {lo_src}")
     emit(f"{ind}    q_b = {hi_src}")
@@ -183,26 +185,9 @@ def loop_range(emit, ind, var, lo, hi, chunks=0, streams=(), itemsize=8, prefetc
     line = max(64 // itemsize, 1)
     for buf, off in streams:  # one per cache line (a loop of them, prefetch_span, was 8 % slower)
         for j in range(0, block, line):
-            emit(f"{ind}        prefetch({buf}, {_plus(off, ahead + j)} + q_bk)")
+            emit(f"{ind}        prefetch({buf}, {_off_add(off, ahead + j)} + q_bk)")
     emit(f"{ind}        for {var} in range(q_bk, min(q_bk + {block}, q_b)):")
-    return ind + "            "
-
-
-def _plus(off, k):
-    return off + k if isinstance(off, int) else f"({off}) + {k}"
-
-
-def splits(n, chunks, streams, prefetch=False):
-    """Whether :func:`loop_range` splits a loop of ``n`` iterations in ``chunks`` chunks (0: serial) that reads
-    ``streams`` at an aligned index (``prefetch`` does not change it).  W2's gradient, one input and its result,
-    ran 0.94-0.98x split at n = 1e6 to 4e6 (same arrays, interleaved); its HVP, two inputs, 0.6-0.8x."""
-    return bool(streams) and (-(-n // chunks) if chunks else n) >= ALIGN_MIN
-
-
-def par_range(emit, ind, var, lo, hi, chunks):
-    """Emit ``for <var> in range(lo, hi)`` split into ``chunks`` contiguous chunks run by ``prange``; returns
-    the body indentation.  The body must index through :func:`~tapegrad.compile.vmath.nn` (see there)."""
-    return loop_range(emit, ind, var, lo, hi, chunks)
+    return ind + "            ", True
 
 
 class _Loop:
@@ -228,8 +213,9 @@ class _Loop:
         ``levels`` headers from axis ``start`` of ``dims`` (the ``prange`` header comes with ``start == 0``)."""
         n = int(np.prod(self.shape, dtype=np.int64))
         if self.flat:
-            self.split = self.split or splits(n, self.par, self.streams, self.prefetch)
-            return loop_range(emit, ind, "i", 0, n, self.par, self.streams, self.itemsize, self.prefetch)
+            ind, split = loop_range(emit, ind, "i", 0, n, self.par, self.streams, self.itemsize, self.prefetch)
+            self.split = self.split or split
+            return ind
         if self.par and start == 0:
             emit(f"{ind}for cq in prange({self.par}):")
             ind += "    "

@@ -217,9 +217,9 @@ class ProductTemplates:
             return
         m, n = self.shapes[o]
         out = f"{name}.reshape({self.shapes[o]!r})"
-        if matrices and k is not None and self.threads > 1 and use_own(m, n, k, dt, self.threads):
-            self.emit(f"    {self._mm(sa, sb, out, m, n, k, dt)}")  # (thin ones too: see use_own)
-        elif matrices and 1 < n <= 16 and m > 4 * n:
+        # a threaded program takes thin products to the own kernel too (see use_own): no transposed BLAS call
+        own_thin = k is not None and self.threads > 1 and use_own(m, n, k, dt, self.threads)
+        if matrices and 1 < n <= 16 and m > 4 * n and not own_thin:
             tmp = self.scratch(m * n, dt)
             self.emit(f"    np.dot(np.ascontiguousarray(({sb}).T), ({sa}).T, {tmp}.reshape(({n}, {m})))")
             # the transposed copy as a loop over constant bounds: numba's `out[:, :] = tmp.T` indexes with a

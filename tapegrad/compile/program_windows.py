@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from tapegrad.compile.program_ir import loop_range, splits
+from tapegrad.compile.program_ir import _off_add, loop_range
 
 
 def segments(spans, lo, hi):
@@ -86,9 +86,9 @@ class WindowTemplates:
             # the long segments run in chunks (the edges of the windows stay serial); the loop over output
             # positions p reads the primary window's operands at p - o_d: aligned there (see loop_range)
             chunks = loop.par if loop.par and (b - a) * 8 >= m else 0
-            streams = [(sb, so - o_d if isinstance(so, int) else f"({so}) - {o_d}") for sb, so in loop.streams]
-            loop.split = loop.split or splits(b - a, chunks, streams, loop.prefetch)
-            ind = loop_range(self.emit, "    ", "p", a, b, chunks, streams, loop.itemsize, loop.prefetch)
+            streams = [(sb, _off_add(so, -o_d)) for sb, so in loop.streams]
+            ind, split = loop_range(self.emit, "    ", "p", a, b, chunks, streams, loop.itemsize, loop.prefetch)
+            loop.split = loop.split or split
             vals = []
             for w in active:
                 var = "i" if w == o_d else self.tmp("j")
