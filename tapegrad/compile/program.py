@@ -52,12 +52,19 @@ def generate(tape, shapes, dtypes, values, const_instrs, node, serial=False, int
     ``serial``: no parallel loops, whatever :func:`~tapegrad.compile.threads.program_threads` says.
     ``into``: slots (not results) the program writes into flat arrays the caller passes after the inputs and
     shared values, one per slot in this order (a chain's values for its later pieces)."""
-    g = _Gen(tape, shapes, dtypes, values or {}, const_instrs or (), node)
-    g.into = {int(s): f"y{j}" for j, s in enumerate(into)}
-    if serial:
-        g.threads = 1
-    src = g.generate()
-    return src, [a for _, a in g.array_consts], sorted(g.ws_sizes.items())
+    for rows in (True, False):  # a row region that fails to generate: the same tape without regions
+        g = _Gen(tape, shapes, dtypes, values or {}, const_instrs or (), node)
+        g.into = {int(s): f"y{j}" for j, s in enumerate(into)}
+        g.row_regions = rows
+        if serial:
+            g.threads = 1
+        try:
+            src = g.generate()
+        except Unsupported:
+            if not (rows and g.made_region):
+                raise
+            continue
+        return src, [a for _, a in g.array_consts], sorted(g.ws_sizes.items())
 
 
 # --------------------------------------------------------------------------- compiling

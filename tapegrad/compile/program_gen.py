@@ -17,6 +17,7 @@ from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PF_WORK, PROGRAM_VERS
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
+from tapegrad.compile.program_rows import RowTemplates
 from tapegrad.compile.program_trees import TreeTemplates
 from tapegrad.compile.program_windows import WindowTemplates
 from tapegrad.compile.threads import program_threads
@@ -35,7 +36,7 @@ def _alloc_src(n, dt, zero=False):
     return f"np.{'zeros' if zero else 'empty'}({n}, np.{dt})"
 
 
-class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTemplates):
+class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTemplates, RowTemplates):
     """Source generator for one tape at one shape signature."""
 
     def __init__(self, tape, shapes, dtypes, values, const_instrs, node):
@@ -66,6 +67,9 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.cur_k = -1  # the instruction being placed
         self.threads = program_threads()  # > 1: big top-level fused loops run as prange over chunks
         self.parallel = False  # a prange was emitted: the function is compiled with parallel=True
+        self.region_skip = set()  # instructions of row regions (placed with their region)
+        self.row_regions = True  # look for row regions (program_rows)
+        self.made_region = False
 
     # ------------------------------------------------------------------ helpers
     def emit(self, line):
@@ -218,8 +222,15 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self._analyse()
         self.G = None
         self.lit_instrs = set()  # instructions that became literals: they read their inputs' shapes only
-        for k in range(len(tape)):
-            self.place(k)
+        regions = self._row_regions() if self.row_regions else []
+        self.made_region = bool(regions)
+        for reg in regions:
+            self.region_skip |= reg.members
+        for k in self._order(regions) if regions else range(len(tape)):
+            if isinstance(k, int):
+                self.place(k)
+            else:
+                self._emit_region(k)
         self.close()
         for buf in list(self.tree_pending):  # (every tree's root flushes its own; kept for safety)
             self._tree_flush(buf)
@@ -500,7 +511,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         their operand is then never read again from memory."""
         tape, G = self.tape, self.G
         for k in range(self.cur_k + 1, len(tape)):
-            if k in self.const_instrs or k in G["absorbed"]:
+            if k in self.const_instrs or k in G["absorbed"] or k in self.region_skip:
                 continue
             name = name_of(int(tape.codes[k]))
             args, outs = [int(s) for s in tape.instr_args(k)], [int(s) for s in tape.instr_outs(k)]
