@@ -11,6 +11,8 @@ each other (largest difference relative to the largest value).  It prints a tabl
 saves a bar chart of the ratios beside it (if matplotlib is importable).
 
 * logistic regression, 100,000 x 50 (a GEMV, ``log1p(exp(.))``);
+* least squares, 1,000,000 x 10, and a Poisson GLM, 20,000 x 300 (``X @ w`` and ``X.T @ r``: with the
+  logistic regression, the program tier's row regions, which read ``X`` once);
 * 1-D heat equation, 10^5 points, 50 explicit steps unrolled (shifted windows, 2,000 instructions: beyond one
   program's size limit, so a chain of programs);
 * softmax cross-entropy, 2048 x 256 x 100 (two GEMMs, row max/sum);
@@ -42,6 +44,16 @@ import numpy as np  # noqa: E402
 def logreg(xp, w, X, y):
     z = X @ w
     return xp.sum(xp.log1p(xp.exp(-y * z))) / X.shape[0] + 0.01 * xp.sum(w * w)
+
+
+def least_squares(xp, w, X, y):
+    r = X @ w - y
+    return 0.5 * xp.sum(r * r) / X.shape[0]
+
+
+def poisson(xp, w, X, y):
+    z = X @ w
+    return xp.sum(xp.exp(z) - y * z) / X.shape[0]
 
 
 def heat(xp, u, k):
@@ -86,6 +98,10 @@ def workloads():
     return {  # name: (function, arguments, indices of the arguments differentiated)
         "logreg 100k x 50": (logreg, [0.1 * r.standard_normal(50), r.standard_normal((100_000, 50)),
                                       np.sign(r.standard_normal(100_000))], [0]),
+        "least squares 1e6 x 10": (least_squares, [r.standard_normal(10), r.standard_normal((1_000_000, 10)),
+                                                    r.standard_normal(1_000_000)], [0]),
+        "poisson glm 20k x 300": (poisson, [0.01 * r.standard_normal(300), r.standard_normal((20_000, 300)),
+                                            r.poisson(1.0, 20_000).astype(np.float64)], [0]),
         "heat 1e5, 50 steps": (heat, [r.standard_normal(100_000), np.float64(0.5)], [0, 1]),
         "softmax xent 2048x256x100": (xent, [0.05 * r.standard_normal((256, 100)), r.standard_normal((2048, 256)),
                                              np.eye(100)[r.integers(0, 100, 2048)]], [0]),
