@@ -20,7 +20,8 @@ products ``X @ w`` (``w`` a vector) of the same ``X`` that ``r`` depends on:
 The elementwise part of a block is generated from the region's instructions as a sub-tape, like a loop
 body (:meth:`~tapegrad.compile.program_loops.LoopTemplates.body`); a ragged last block gets its own.
 With several threads the blocks are split between them (``prange``), each adding into its own partial
-product, summed at the end in a fixed order.
+product, summed at the end in a fixed order.  Only large, narrow matrices get regions (:data:`ROW_MIN_BYTES`,
+:data:`ROW_MAX_COLS`): docs/program.md has the measurements.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from tapegrad.compile.program_ir import _ACC, Unsupported, _lit, _Loc, _off_add
 from tapegrad.registry import name_of
 from tapegrad.tape.fuse import shape_only_args
 
-ROW_MIN_BYTES = 4 << 20  # a matrix at least this large: smaller ones stay in the L2/L3 between two products
+ROW_MIN_BYTES = 24 << 20  # a matrix at least this large: smaller ones stay in the L3 between the two products
+ROW_MAX_COLS = 512  # ... of at most this many columns: much wider rows ran slower than BLAS's two passes
 ROW_BLOCK_BYTES = 32 << 10  # the rows of a block: about this many bytes of the matrix (in L1/L2 until reused)
 ROW_MIN_BLOCKS = 4  # ... and at least this many blocks
 _ROW_LOCAL = ("BROADCAST_REDUCED", "BROADCAST_LIKE", "SUM_LIKE", "CAST", "IDENTITY", "SPECIFY_SHAPE",
@@ -125,7 +127,8 @@ class RowTemplates:
         for X in dict.fromkeys(X for X, _r, _g in back.values()):
             m, kc = self.shapes[X]
             itemsize = np.dtype(self.dtypes[X]).itemsize
-            if m * kc * itemsize < ROW_MIN_BYTES or m < ROW_MIN_BLOCKS * block_rows(kc, itemsize):
+            if (m * kc * itemsize < ROW_MIN_BYTES or kc > ROW_MAX_COLS
+                    or m < ROW_MIN_BLOCKS * block_rows(kc, itemsize)):
                 continue
             backs = sorted((kb, r, g) for kb, (Xb, r, g) in back.items() if Xb == X)
             anc = set()  # instructions whose values some r depends on
@@ -167,7 +170,8 @@ class RowTemplates:
                     mine.update(outs_of[k])
                 dep.update(outs_of[k])
             inner.sort()
-            if any(s in self.tree_root for s in mine | gs):
+            ext = {s for k in inner for s in vargs[k]} - mine
+            if any(s in self.tree_root for s in mine | gs | ext):  # (a tree's value exists once it is flushed)
                 continue
             sums = [k for k in range(n) if k not in members and k not in self.const_instrs
                     and name_of(int(tape.codes[k])) == "SUM" and len(args_of[k]) == 1 and args_of[k][0] in mine

@@ -112,6 +112,13 @@ def test_cost_and_gradient_read_together_after_the_region(small_regions):
     assert src.count(REGION) == 1
 
 
+def test_wide_matrices_make_no_region(small_regions, monkeypatch):
+    monkeypatch.setattr(program_rows, "ROW_MAX_COLS", 2)
+    w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
+    c = _logreg(w, X, y)
+    assert REGION not in run_program([w, X, y], [c, tg.grad(c, w)], list(_data(100, 3)))
+
+
 def test_small_matrices_make_no_region():
     w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
     c = _logreg(w, X, y)
