@@ -150,3 +150,64 @@ def test_least_squares_at_random_sizes(m, k, seed):
         assert (REGION in src) == (m >= program_rows.ROW_MIN_BLOCKS * program_rows.block_rows(k, 8))
     finally:
         program_rows.ROW_MIN_BYTES, program_rows.ROW_BLOCK_BYTES = saved
+
+
+def _huber(w, X, y):
+    r = X @ w - y
+    a = tg.abs(r)
+    return tg.sum(tg.switch(a < 1.0, 0.5 * r ** 2, a - 0.5))
+
+
+def _probit(w, X, y):
+    return -tg.sum(tg.log(0.5 * (1.0 + tg.erf(y * (X @ w) / np.sqrt(2.0))) + 1e-12))
+
+
+def _two_products(w, X, y):
+    """``X @ w`` and ``X @ (w * w)``: two forward products, a clip and a softplus between them."""
+    z1, z2 = X @ w, X @ (w * w)
+    return tg.sum(tg.softplus(tg.clip(z1, -2.0, 2.0) * z2 - y)) + tg.sum(tg.sigmoid(z1))
+
+
+@pytest.mark.parametrize("loss", [_huber, _probit, _two_products])
+def test_other_losses(small_regions, loss):
+    w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
+    c = loss(w, X, y)
+    g = tg.grad(c, w)
+    src = run_program([w, X, y], [c, g, g * c], list(_data(16 * 6 + 7, 3)))
+    assert src.count(REGION) == 1 and "np.dot" not in src
+
+
+def test_a_row_vector_made_after_the_forward_product(small_regions):
+    """``u`` (made from ``y`` alone) comes after ``X @ w`` in the tape and is read inside the region: it is made
+    before the region, which is placed at its last instruction."""
+    w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
+    z = X @ w
+    u = tg.exp(-y * y)
+    c = tg.sum(u * tg.tanh(z)) + tg.sum(u)
+    src = run_program([w, X, y], [c, tg.grad(c, w), u], list(_data(80, 3)))
+    assert src.count(REGION) == 1
+
+
+def test_njit_entry_of_a_region(small_regions):
+    """A region's program is the ``as_njit`` entry too: called from user ``@njit`` code, same values."""
+    from numba import njit
+
+    w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
+    c = _logreg(w, X, y)
+    f = tg.function([w, X, y], [c, tg.grad(c, w)], device="cpu", tier="program")
+    args = list(_data(100, 3))
+    entry = f.as_njit(*args)
+
+    @njit
+    def twice(w, X, y):
+        c1, g1 = entry(w, X, y)
+        c2, g2 = entry(w - 0.1 * g1, X, y)
+        return c1, c2, g2
+
+    c1, c2, g2 = twice(*args)
+    ref = tg.function([w, X, y], [c, tg.grad(c, w)], device="python")
+    r1 = ref(*args)
+    r2 = ref(args[0] - 0.1 * np.asarray(r1[1]), args[1], args[2])
+    np.testing.assert_allclose([c1, c2], [float(r1[0]), float(r2[0])], rtol=1e-12)
+    np.testing.assert_allclose(g2, r2[1], rtol=1e-12, atol=1e-14)
+    assert REGION in f._engine._programs[next(iter(f._engine._programs))].program.source
