@@ -3,6 +3,7 @@
 * ``perf/scan_memory.py --measure rss``: one fresh process per cell, gradients of ``"binomial"`` equal ``"all"``.
 * ``perf/sparse_jacobian.py`` at n = 60 (reference engine): exact CSR, 3 colors, dense == sparse.
 * ``perf/stream_loops.py`` at one size: a row of grad/HVP timings with the long-loop handling off and on.
+* ``perf/row_regions.py`` at one small shape: a row of timings with row regions off and on.
 * ``perf/compare.py``'s W6 (Rosenbrock Hessian) hand-written reference against ``tg.hessian``, and its W4 loop graph
   (``tg.scan``) against the anchors' NumPy adjoint, both on the reference engine (needs ``shared/perf/anchors.py``
   beside the repository, else skipped).
@@ -128,4 +129,18 @@ def test_stream_loops_script_tiny(tmp_path):
     assert row[0] == "3000" and len(row) == 7, out.stdout
     g0, h0, r0, g1, h1, r1 = (float(v) for v in row[1:])
     assert min(g0, h0, g1, h1) > 0 and abs(r0 - h0 / g0) < 0.01 and abs(r1 - h1 / g1) < 0.01
+    assert out_file.read_text().splitlines()[-1].split() == row
+
+
+def test_row_regions_script_tiny(tmp_path):
+    """``perf/row_regions.py`` at one shape (the script asserts that only the "on" program has a region)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out_file = tmp_path / "rows.txt"
+    out = subprocess.run([sys.executable, str(PERF / "row_regions.py"), "--shapes", "3000x8", "--rounds", "1",
+                          "--out", str(out_file)], capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = out.stdout.strip().splitlines()[-1].split()
+    assert row[:2] == ["3000", "8"] and row[-1] == "none" and len(row) == 7, out.stdout  # 188 KB: below the threshold
+    off, on, ratio = (float(v) for v in row[3:6])
+    assert min(off, on) > 0 and abs(ratio - on / off) < 0.02  # (printed to 0.1 us)
     assert out_file.read_text().splitlines()[-1].split() == row

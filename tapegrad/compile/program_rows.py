@@ -20,8 +20,8 @@ products ``X @ w`` (``w`` a vector) of the same ``X`` that ``r`` depends on:
 The elementwise part of a block is generated from the region's instructions as a sub-tape, like a loop
 body (:meth:`~tapegrad.compile.program_loops.LoopTemplates.body`); a ragged last block gets its own.
 With several threads the blocks are split between them (``prange``), each adding into its own partial
-product, summed at the end in a fixed order.  Only large, narrow matrices get regions (:data:`ROW_MIN_BYTES`,
-:data:`ROW_MAX_COLS`): docs/program.md has the measurements.
+product, summed at the end in a fixed order.  Which matrices get regions: :func:`worth_a_region` (with one
+thread nearly all; with more, large and narrow ones); docs/program.md has the measurements.
 """
 
 from __future__ import annotations
@@ -32,12 +32,25 @@ from tapegrad.compile.program_ir import _ACC, Unsupported, _lit, _Loc, _off_add
 from tapegrad.registry import name_of
 from tapegrad.tape.fuse import shape_only_args
 
-ROW_MIN_BYTES = 24 << 20  # a matrix at least this large: smaller ones stay in the L3 between the two products
-ROW_MAX_COLS = 512  # ... of at most this many columns: much wider rows ran slower than BLAS's two passes
+ROW_MIN_BYTES = 512 << 10  # one thread: a matrix at least this large (and ROW_MIN_COLS wide) gets a region
+ROW_MIN_COLS = 6  # ... narrower rows gained nothing (1e6 x 3: 4.29 against 4.25 ms; 1e5 x 3 lost 16 %)
+ROW_MIN_BYTES_PAR = 24 << 20  # several threads: at least this large (BLAS's threaded passes over a matrix in
+ROW_MAX_COLS_PAR = 512  # ... the L3 were faster) and at most this wide (1600 x 5000 lost 20 %)
 ROW_BLOCK_BYTES = 32 << 10  # the rows of a block: about this many bytes of the matrix (in L1/L2 until reused)
 ROW_MIN_BLOCKS = 4  # ... and at least this many blocks
 _ROW_LOCAL = ("BROADCAST_REDUCED", "BROADCAST_LIKE", "SUM_LIKE", "CAST", "IDENTITY", "SPECIFY_SHAPE",
               "ONES_LIKE", "ZEROS_LIKE")
+
+
+def worth_a_region(m, k, itemsize, threads):
+    """Whether an ``m x k`` matrix of ``itemsize``-byte elements gets a row region in a program of ``threads``
+    threads (the thresholds above; ``perf/row_regions.py`` measures both sides of them)."""
+    size = m * k * itemsize
+    if k < ROW_MIN_COLS or m < ROW_MIN_BLOCKS * block_rows(k, itemsize):
+        return False
+    if threads > 1:
+        return size >= ROW_MIN_BYTES_PAR and k <= ROW_MAX_COLS_PAR
+    return size >= ROW_MIN_BYTES
 
 
 def block_rows(k, itemsize):
@@ -127,8 +140,7 @@ class RowTemplates:
         for X in dict.fromkeys(X for X, _r, _g in back.values()):
             m, kc = self.shapes[X]
             itemsize = np.dtype(self.dtypes[X]).itemsize
-            if (m * kc * itemsize < ROW_MIN_BYTES or kc > ROW_MAX_COLS
-                    or m < ROW_MIN_BLOCKS * block_rows(kc, itemsize)):
+            if not worth_a_region(m, kc, itemsize, self.threads):
                 continue
             backs = sorted((kb, r, g) for kb, (Xb, r, g) in back.items() if Xb == X)
             anc = set()  # instructions whose values some r depends on

@@ -27,6 +27,7 @@ REGION = "opaque("  # the region's column count: in every region's source, nowhe
 @pytest.fixture
 def small_regions(monkeypatch):
     monkeypatch.setattr(program_rows, "ROW_MIN_BYTES", 0)
+    monkeypatch.setattr(program_rows, "ROW_MIN_COLS", 1)
     monkeypatch.setattr(program_rows, "ROW_BLOCK_BYTES", 16 * 8 * 3)  # 16 rows of 3 float64 columns or fewer
     monkeypatch.setattr(program_gen, "program_threads", lambda: 1)  # serial, unless a test says otherwise
 
@@ -112,23 +113,35 @@ def test_cost_and_gradient_read_together_after_the_region(small_regions):
     assert src.count(REGION) == 1
 
 
-def test_wide_matrices_make_no_region(small_regions, monkeypatch):
-    monkeypatch.setattr(program_rows, "ROW_MAX_COLS", 2)
+def test_narrow_matrices_make_no_region(small_regions, monkeypatch):
+    monkeypatch.setattr(program_rows, "ROW_MIN_COLS", 4)
     w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
     c = _logreg(w, X, y)
     assert REGION not in run_program([w, X, y], [c, tg.grad(c, w)], list(_data(100, 3)))
 
 
+def test_threaded_programs_take_only_large_narrow_matrices(monkeypatch):
+    """With several threads a matrix needs ROW_MIN_BYTES_PAR bytes and at most ROW_MAX_COLS_PAR columns."""
+    wr = program_rows.worth_a_region
+    assert wr(100_000, 50, 8, 1) and wr(100_000, 50, 8, 2)  # logistic regression, 38 MB
+    assert wr(3000, 100, 8, 1) and not wr(3000, 100, 8, 2)  # 2.3 MB: one thread only
+    assert wr(1600, 5000, 8, 1) and not wr(1600, 5000, 8, 2)  # 61 MB but 5000 wide
+    assert not wr(1_000_000, 3, 8, 1)  # three columns
+    assert not wr(200, 8, 8, 1)  # 12.8 KB
+    assert not wr(40, 100_000, 8, 1)  # 31 MB, but fewer than ROW_MIN_BLOCKS blocks of 16 rows
+
+
 def test_small_matrices_make_no_region():
     w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
     c = _logreg(w, X, y)
-    src = run_program([w, X, y], [c, tg.grad(c, w)], list(_data(200, 5)))
+    src = run_program([w, X, y], [c, tg.grad(c, w)], list(_data(200, 8)))
     assert REGION not in src and "np.dot" in src
 
 
 def test_two_threads_split_the_blocks(small_regions, monkeypatch):
     _need_tbb()
     monkeypatch.setattr(program_gen, "program_threads", lambda: 2)
+    monkeypatch.setattr(program_rows, "ROW_MIN_BYTES_PAR", 0)
     w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
     c = _logreg(w, X, y)
     src = run_program([w, X, y], [c, tg.grad(c, w)], list(_data(16 * 9 + 3, 3)))
@@ -139,8 +152,9 @@ def test_two_threads_split_the_blocks(small_regions, monkeypatch):
 @given(m=st.integers(1, 90), k=st.integers(1, 3), seed=st.integers(0, 2 ** 31))
 def test_least_squares_at_random_sizes(m, k, seed):
     """Any size, a region or not (fewer than ROW_MIN_BLOCKS blocks make none), against the python engine."""
-    saved = program_rows.ROW_MIN_BYTES, program_rows.ROW_BLOCK_BYTES
-    program_rows.ROW_MIN_BYTES, program_rows.ROW_BLOCK_BYTES = 0, 16 * 8 * 3
+    saved = program_rows.ROW_MIN_BYTES, program_rows.ROW_MIN_COLS, program_rows.ROW_BLOCK_BYTES, program_gen.program_threads
+    program_rows.ROW_MIN_BYTES, program_rows.ROW_MIN_COLS, program_rows.ROW_BLOCK_BYTES = 0, 1, 16 * 8 * 3
+    program_gen.program_threads = lambda: 1
     try:
         r = np.random.default_rng(seed)
         w, X, y = tg.dvector("w"), tg.dmatrix("X"), tg.dvector("y")
@@ -149,7 +163,8 @@ def test_least_squares_at_random_sizes(m, k, seed):
                           [r.standard_normal(k), r.standard_normal((m, k)), r.standard_normal(m)])
         assert (REGION in src) == (m >= program_rows.ROW_MIN_BLOCKS * program_rows.block_rows(k, 8))
     finally:
-        program_rows.ROW_MIN_BYTES, program_rows.ROW_BLOCK_BYTES = saved
+        (program_rows.ROW_MIN_BYTES, program_rows.ROW_MIN_COLS, program_rows.ROW_BLOCK_BYTES,
+         program_gen.program_threads) = saved
 
 
 def _huber(w, X, y):
