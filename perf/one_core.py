@@ -80,3 +80,26 @@ def block_median(call, n):
         call()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def rotated_best(calls, reps, rounds):
+    """Per call of ``calls``, the best over ``rounds`` of the median of ``reps`` calls (seconds); each round runs
+    them all, its order rotated by one from the round before, so each follows each other one in turn (a call
+    that runs after a memory-heavy one finds the cache full of that one's arrays)."""
+    best = [float("inf")] * len(calls)
+    for r in range(rounds):
+        for j in [(r + i) % len(calls) for i in range(len(calls))]:
+            best[j] = min(best[j], block_median(calls[j], reps))
+    return best
+
+
+def table_row(lines, row):
+    """Print the table row ``row`` now (a long run shows progress) and keep it in ``lines``."""
+    lines.append(row)
+    print(row, flush=True)
+
+
+def write_table(lines, path):
+    """Write the table's ``lines`` to ``path`` (no file when ``path`` is empty)."""
+    if path:
+        Path(path).write_text("\n".join(lines) + "\n")

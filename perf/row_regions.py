@@ -10,7 +10,8 @@ generating) and with every region the generator finds at any size and width (the
 :func:`tapegrad.compile.program_rows.worth_a_region` lifted), so the table shows what a region does at each
 shape, also where the defaults would not make one (the last column says whether they would).  With one thread
 everything is pinned to one CPU (BLAS too); ``--threads 2`` leaves BLAS its default threads.  The two
-are timed in interleaved rounds, their order rotated; median per round, then the best round, in milliseconds.
+are timed in interleaved rounds, their order rotated (``one_core.rotated_best``); median per round, then the
+best round, in milliseconds.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import block_median, one_core  # noqa: E402
+from one_core import one_core, rotated_best, table_row, write_table  # noqa: E402
 
 if "--threads" not in sys.argv or sys.argv[sys.argv.index("--threads") + 1] == "1":
     one_core()
@@ -80,16 +81,10 @@ def main():
         w0, X0, y0 = 0.1 * r.standard_normal(k), r.standard_normal((m, k)), np.sign(r.standard_normal(m))
         calls = [build(w0, X0, y0, False), build(w0, X0, y0, True)]
         reps = max(10, int(2e8 // max(m * k, 1)))
-        best = [float("inf")] * 2
-        for rnd in range(a.rounds):
-            for j in ((0, 1) if rnd % 2 == 0 else (1, 0)):
-                best[j] = min(best[j], block_median(calls[j], reps) * 1e3)
-        row = (f"{m:9d} {k:5d} {m * k * 8 / 2 ** 20:6.1f} {best[0]:8.4f} {best[1]:8.4f} {best[1] / best[0]:7.2f} "
-               f"{'region' if default_makes_one(m, k) else 'none':>8s}")
-        lines.append(row)
-        print(row, flush=True)
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+        off, on = (t * 1e3 for t in rotated_best(calls, reps, a.rounds))
+        table_row(lines, f"{m:9d} {k:5d} {m * k * 8 / 2 ** 20:6.1f} {off:8.4f} {on:8.4f} {on / off:7.2f} "
+                         f"{'region' if default_makes_one(m, k) else 'none':>8s}")
+    write_table(lines, a.out)
 
 
 if __name__ == "__main__":

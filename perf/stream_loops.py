@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import block_median, one_core  # noqa: E402
+from one_core import one_core, rotated_best, table_row, write_table  # noqa: E402
 
 one_core()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,16 +66,9 @@ def main():
         xv, vv = np.random.default_rng(0).uniform(-1.5, 1.5, n), np.random.default_rng(1).standard_normal(n)
         calls = [*build(xv, vv, False), *build(xv, vv, True)]
         reps = max(5, int(2e7 // max(n, 1)))
-        best = [float("inf")] * 4
-        for r in range(a.rounds):
-            for j in [(r + i) % 4 for i in range(4)]:  # rotated: each cell follows each other one in turn
-                best[j] = min(best[j], block_median(calls[j], reps) / n * 1e9)
-        g0, h0, g1, h1 = best
-        row = f"{n:9d} {g0:9.3f} {h0:9.3f} {h0 / g0:6.2f} {g1:9.3f} {h1:9.3f} {h1 / g1:6.2f}"
-        lines.append(row)
-        print(row, flush=True)
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+        g0, h0, g1, h1 = (t / n * 1e9 for t in rotated_best(calls, reps, a.rounds))
+        table_row(lines, f"{n:9d} {g0:9.3f} {h0:9.3f} {h0 / g0:6.2f} {g1:9.3f} {h1:9.3f} {h1 / g1:6.2f}")
+    write_table(lines, a.out)
 
 
 if __name__ == "__main__":

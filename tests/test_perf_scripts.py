@@ -118,29 +118,29 @@ def test_blas_kernels_reports_the_environment_it_ran_with(monkeypatch):
         assert rep["scipy"].lower() == "haswell"
 
 
-def test_stream_loops_script_tiny(tmp_path):
-    """``perf/stream_loops.py`` at one size past ALIGN_MIN: a row of seven numbers, ratios computed from them."""
+def _tiny_run(script, args, tmp_path):
+    """Run ``perf/<script>`` with ``args`` and ``--out``: its last printed row, split, which must also end the file."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out_file = tmp_path / "stream.txt"
-    out = subprocess.run([sys.executable, str(PERF / "stream_loops.py"), "--sizes", "3000", "--rounds", "1",
-                          "--out", str(out_file)], capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
+    out_file = tmp_path / "table.txt"
+    out = subprocess.run([sys.executable, str(PERF / script), *args, "--rounds", "1", "--out", str(out_file)],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr[-3000:]
     row = out.stdout.strip().splitlines()[-1].split()
-    assert row[0] == "3000" and len(row) == 7, out.stdout
+    assert out_file.read_text().splitlines()[-1].split() == row
+    return row
+
+
+def test_stream_loops_script_tiny(tmp_path):
+    """``perf/stream_loops.py`` at one size past ALIGN_MIN: a row of seven numbers, ratios computed from them."""
+    row = _tiny_run("stream_loops.py", ["--sizes", "3000"], tmp_path)
+    assert row[0] == "3000" and len(row) == 7, row
     g0, h0, r0, g1, h1, r1 = (float(v) for v in row[1:])
     assert min(g0, h0, g1, h1) > 0 and abs(r0 - h0 / g0) < 0.01 and abs(r1 - h1 / g1) < 0.01
-    assert out_file.read_text().splitlines()[-1].split() == row
 
 
 def test_row_regions_script_tiny(tmp_path):
     """``perf/row_regions.py`` at one shape (the script asserts that only the "on" program has a region)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out_file = tmp_path / "rows.txt"
-    out = subprocess.run([sys.executable, str(PERF / "row_regions.py"), "--shapes", "3000x8", "--rounds", "1",
-                          "--out", str(out_file)], capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
-    assert out.returncode == 0, out.stderr[-3000:]
-    row = out.stdout.strip().splitlines()[-1].split()
-    assert row[:2] == ["3000", "8"] and row[-1] == "none" and len(row) == 7, out.stdout  # 188 KB: below the threshold
+    row = _tiny_run("row_regions.py", ["--shapes", "3000x8"], tmp_path)
+    assert row[:2] == ["3000", "8"] and row[-1] == "none" and len(row) == 7, row  # 188 KB: below the threshold
     off, on, ratio = (float(v) for v in row[3:6])
     assert min(off, on) > 0 and abs(ratio - on / off) < 0.02  # (printed to 0.1 us)
-    assert out_file.read_text().splitlines()[-1].split() == row
