@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_core import blas_kernels, blas_line, block_median, one_core  # noqa: E402
+from one_core import blas_kernels, blas_line, block_median, one_core, table_row, write_table  # noqa: E402
 
 one_core()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -175,9 +175,11 @@ def main():
     ap.add_argument("--out", help="write the table here (and a .png of the ratios beside it)")
     a = ap.parse_args()
     rows = []
+    title = "# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX"
     head = (f"{'workload':28s} {'tapegrad':>11s} {'tier':>12s} {'JAX jit':>11s} {'ratio':>6s} "
             f"{'first tg':>9s} {'first JAX':>9s} {'rel diff':>8s}")
-    print("# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX", flush=True)
+    lines = [title, head]  # (the file has no BLAS line)
+    print(title, flush=True)
     print(blas_line(blas_kernels()), flush=True)
     print(head, flush=True)
     for name, (fn, args, wrt) in workloads().items():
@@ -187,14 +189,11 @@ def main():
         jc, jv, jfirst, _ = build_jax(fn, args, wrt)
         diff = max(float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-300) for x, y in zip(tv, jv))
         tt, tj = duel([tc, jc], rounds=a.rounds)
-        rows.append((name, tt, tier, tj, tt / tj, tfirst, jfirst, diff))
-        print(f"{name:28s} {fmt(tt):>11s} {tier:>12s} {fmt(tj):>11s} {tt / tj:6.2f} {tfirst:8.2f}s {jfirst:8.2f}s "
-              f"{diff:8.1e}", flush=True)
+        rows.append((name, tt / tj))
+        table_row(lines, f"{name:28s} {fmt(tt):>11s} {tier:>12s} {fmt(tj):>11s} {tt / tj:6.2f} {tfirst:8.2f}s "
+                         f"{jfirst:8.2f}s {diff:8.1e}")
+    write_table(lines, a.out)
     if a.out:
-        lines = ["# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX",
-                 head] + [f"{r[0]:28s} {fmt(r[1]):>11s} {r[2]:>12s} {fmt(r[3]):>11s} {r[4]:6.2f} {r[5]:8.2f}s "
-                          f"{r[6]:8.2f}s {r[7]:8.1e}" for r in rows]
-        Path(a.out).write_text("\n".join(lines) + "\n")
         try:
             import matplotlib
 
@@ -202,7 +201,7 @@ def main():
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(8, 3.5))
-            ax.barh([r[0] for r in rows], [r[4] for r in rows], color=["tab:green" if r[4] <= 1 else "tab:red"
+            ax.barh([r[0] for r in rows], [r[1] for r in rows], color=["tab:green" if r[1] <= 1 else "tab:red"
                                                                        for r in rows])
             ax.axvline(1.0, color="k", lw=0.8)
             ax.set_xlabel("tapegrad time / JAX time (value + gradient, one thread)")

@@ -61,7 +61,7 @@ def generate(tape, shapes, dtypes, values, const_instrs, node, serial=False, int
         try:
             src = g.generate()
         except Unsupported:
-            if not (rows and g.made_region):
+            if not g.region_skip:
                 raise
             continue
         return src, [a for _, a in g.array_consts], sorted(g.ws_sizes.items())

@@ -69,7 +69,6 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.parallel = False  # a prange was emitted: the function is compiled with parallel=True
         self.region_skip = set()  # instructions of row regions (placed with their region)
         self.row_regions = True  # look for row regions (program_rows)
-        self.made_region = False
 
     # ------------------------------------------------------------------ helpers
     def emit(self, line):
@@ -223,10 +222,9 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.G = None
         self.lit_instrs = set()  # instructions that became literals: they read their inputs' shapes only
         regions = self._row_regions() if self.row_regions else []
-        self.made_region = bool(regions)
         for reg in regions:
             self.region_skip |= reg.members
-        for k in self._order(regions) if regions else range(len(tape)):
+        for k in self._order(regions):
             if isinstance(k, int):
                 self.place(k)
             else:

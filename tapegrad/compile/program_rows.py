@@ -208,9 +208,10 @@ class RowTemplates:
         # regions must not overlap
         used, out = set(), []
         for reg in regions:
-            if not reg.members & used:
+            mine = reg.members | set(reg.defer)
+            if not mine & used:
                 out.append(reg)
-                used |= reg.members | set(reg.defer)
+                used |= mine
         return out
 
     def _order(self, regions):
@@ -240,29 +241,33 @@ class RowTemplates:
         return f"{loc.buf}[nn({_off_add(loc.off, f'{idx} * {st}' if st else 0)})]"
 
     def _region_sub(self, reg):
-        """The region's elementwise part as a sub-tape: ``(tape, slot map, its input slots)``."""
+        """The region's elementwise part as a sub-tape: ``(tape, slot map, its input slots, the inputs it reads
+        only for their shape)``.  Its inputs are the forward products' outputs, then the slots made before."""
         from tapegrad.compile.program_chain import sub_tape
 
         tape = self.tape
         instrs = sorted(set(reg.inner) | set(reg.sums))
         zs = [z for _k, _w, z in reg.fwd]
         made = set(zs) | {int(s) for k in instrs for s in tape.instr_outs(k)}
-        ext = []
+        ext, by_value = [], set()
         for k in instrs:
+            shape_only = shape_only_args(tape, k)
             for s in tape.instr_args(k):
                 s = int(s)
+                if s not in shape_only:
+                    by_value.add(s)
                 if s not in made and s not in ext:
                     ext.append(s)
-        inputs = list(dict.fromkeys(zs)) + ext
         outputs = [r for _kb, r, _g in reg.backs] + [int(tape.instr_outs(k)[0]) for k in reg.sums] + list(reg.fulls)
-        sub, used = sub_tape(tape, np.asarray(instrs, np.int64), inputs, outputs)
-        return sub, used, inputs
+        sub, used = sub_tape(tape, np.asarray(instrs, np.int64), zs + ext, outputs)
+        return sub, used, zs + ext, set(ext) - by_value
 
-    def _region_body(self, reg, sub, used, inputs, nrows, r0, zbufs, hoist):
+    def _region_body(self, reg, part, nrows, r0, zbufs, hoist):
         """Lines of the elementwise part of one block of ``nrows`` rows from row ``r0`` (a source expression),
         and the locs of the sub-tape's outputs."""
         from tapegrad.compile.program_gen import _Gen
 
+        sub, used, inputs, shape_only = part
         m = self.shapes[reg.X][0]
         shapes = [(nrows,) if self.shapes[s] == (m,) else self.shapes[s] for s in used]
         root = self.root
@@ -271,9 +276,6 @@ class RowTemplates:
         g.prefix = f"q{root.n_sub}_"
         g.root = root
         g.hoist = hoist
-        instrs = sorted(set(reg.inner) | set(reg.sums))
-        shape_only = {s for s in inputs if s not in zbufs} - {
-            int(s) for k in instrs for s in self.tape.instr_args(k) if int(s) not in shape_only_args(self.tape, k)}
         views = []
         for j, s in enumerate(inputs):
             if s in zbufs:
@@ -312,38 +314,37 @@ class RowTemplates:
         if lx.lit is not None:
             raise Unsupported("a row region over a constant matrix")
         p = self.tmp("R")
-        sub, used, inputs = self._region_sub(reg)
+        part = self._region_sub(reg)
         T = self.threads if nb >= 2 * self.threads else 1
         gnames = [self.fresh(g) for _kb, _r, g in reg.backs]
         for s in reg.fulls:
-            if s not in self.loc:
-                self.fresh(s, keep=True)
+            self.fresh(s, keep=True)
         sums = [int(self.tape.instr_outs(k)[0]) for k in reg.sums]
         nback = len(reg.backs)
         self.emit(f"    {p}g = np.zeros(({T}, {nback}, {kc}), np.{acc})")  # per thread and product
         self.emit(f"    {p}s = np.zeros(({T}, {max(len(sums), 1)}), np.{acc})")
         self.emit(f"    {p}k = opaque({kc})")
-        if nb:
-            hoist = []
+
+        def block(header, ind, nrows, r0, t, hoist_at, hoist_ind):
+            """Emit the ``header`` lines and a block under them at ``ind``; the block's allocations go before
+            header line ``hoist_at``, at ``hoist_ind``."""
             start = len(self.lines)
-            if T > 1:
-                per = -(-nb // T)
-                self.emit(f"    for {p}t in prange({T}):")
-                self.emit(f"        for {p}b in range({p}t * {per}, min({p}t * {per} + {per}, {nb})):")
-                self.emit(f"            {p}r0 = {p}b * {rows}")
-                self._region_block(reg, p, sub, used, inputs, "            ", rows, f"{p}r0", f"{p}t", hoist)
-                # (the block's buffers are allocated per thread, inside the prange body)
-                self.lines[start + 1:start + 1] = [f"        {h}" for h in hoist]
-            else:
-                self.emit(f"    for {p}b in range({nb}):")
-                self.emit(f"        {p}r0 = {p}b * {rows}")
-                self._region_block(reg, p, sub, used, inputs, "        ", rows, f"{p}r0", 0, hoist)
-                self.lines[start:start] = [f"    {h}" for h in hoist]
+            for line in header:
+                self.emit(line)
+            hoist = []
+            self._region_block(reg, p, part, ind, nrows, r0, t, hoist)
+            self.lines[start + hoist_at:start + hoist_at] = [hoist_ind + h for h in hoist]
+
+        if nb > 0 and T > 1:  # (the block's buffers allocated per thread, inside the prange body)
+            per = -(-nb // T)
+            block([f"    for {p}t in prange({T}):",
+                   f"        for {p}b in range({p}t * {per}, min({p}t * {per} + {per}, {nb})):",
+                   f"            {p}r0 = {p}b * {rows}"], " " * 12, rows, f"{p}r0", f"{p}t", 1, " " * 8)
+        elif nb > 0:
+            block([f"    for {p}b in range({nb}):", f"        {p}r0 = {p}b * {rows}"], " " * 8, rows, f"{p}r0", 0, 0,
+                  " " * 4)
         if tail:
-            hoist = []
-            start = len(self.lines)
-            self._region_block(reg, p, sub, used, inputs, "    ", tail, str(nb * rows), 0, hoist)
-            self.lines[start:start] = [f"    {h}" for h in hoist]
+            block([], " " * 4, tail, str(nb * rows), 0, 0, " " * 4)
         for q, gname in enumerate(gnames):  # the threads' partial products and sums, added in a fixed order
             self.emit(f"    for {p}j in range({kc}):")
             self.emit(f"        {p}a = np.{acc}(0)")
@@ -357,7 +358,7 @@ class RowTemplates:
             self.emit(f"        {p}a += {p}s[{p}t, {q}]")
             self.emit(f"    {name}[0] = np.{self.dtypes[s]}({p}a)")
 
-    def _region_block(self, reg, p, sub, used, inputs, ind, nrows, r0, t, hoist_into):
+    def _region_block(self, reg, p, part, ind, nrows, r0, t, hoist_into):
         """Emit one block of ``nrows`` rows from row ``r0`` (source) at indentation ``ind``, adding into the
         partial products of thread ``t``; its allocations go to ``hoist_into``."""
         X = reg.X
@@ -366,23 +367,14 @@ class RowTemplates:
         acc = _ACC.get(dt, dt)
         lx = self.loc[X]
         x0, x1 = lx.strides
-        zbufs = {}
-        for _kf, _w, z in reg.fwd:
-            if z not in zbufs:
-                zbufs[z] = f"{p}z{len(zbufs)}_{nrows}"
-                hoist_into.append(f"{zbufs[z]} = np.empty({nrows}, np.{dt})")
-        hoist = []
-        lines, out_locs = self._region_body(reg, sub, used, inputs, nrows, r0, zbufs, hoist)
-        hoist_into.extend(hoist)
+        zbufs = {z: f"{p}z{q}_{nrows}" for q, (_kf, _w, z) in enumerate(reg.fwd)}
+        hoist_into.extend(f"{zb} = np.empty({nrows}, np.{dt})" for zb in zbufs.values())
+        lines, out_locs = self._region_body(reg, part, nrows, r0, zbufs, hoist_into)
         i, j, a = f"{p}i", f"{p}j", f"{p}a"
         start = _off_add(lx.off, f"{r0} * {x0}")
         self.emit(f"{ind}{p}x = {lx.buf}[{start}:{_off_add(start, (nrows - 1) * x0 + (kc - 1) * x1 + 1)}]")
         xel = f"{p}x[{i} * {x0} + {j} * {x1}]"
-        done = set()
         for _kf, w, z in reg.fwd:  # z_b = X_b @ w (over the opaque column count: see vmath.opaque)
-            if z in done:
-                continue
-            done.add(z)
             self.emit(f"{ind}for {i} in range({nrows}):")
             self.emit(f"{ind}    {a} = np.{acc}(0)")
             self.emit(f"{ind}    for {j} in range({p}k):")
@@ -408,7 +400,7 @@ class RowTemplates:
                 self.emit(f"{ind}        {p}g[{t}, {q}, {j}] += {a} * {xel}")
         n_r = len(reg.backs)
         for q, loc in enumerate(out_locs[n_r:n_r + len(reg.sums)]):
-            self.emit(f"{ind}{p}s[{t}, {q}] += {self._elem(loc, 0) if loc.shape else self._scalar(loc)}")
+            self.emit(f"{ind}{p}s[{t}, {q}] += {self._scalar(loc)}")
         for s, loc in zip(reg.fulls, out_locs[n_r + len(reg.sums):]):
             self.emit(f"{ind}for {i} in range({nrows}):")
             self.emit(f"{ind}    {self.loc[s].buf}[nn({_off_add(r0, i)})] = {self._elem(loc, i)}")
