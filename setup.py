@@ -15,7 +15,7 @@ extras = {
     "cuda": ["numba-cuda"],
     "scipy": ["scipy"],
     "dask": [DASK],
-    "test": ["pytest", "hypothesis", "scipy", DASK, "numba-cuda", TBB],
+    "test": ["pytest", "pytest-xdist", "hypothesis", "scipy", DASK, "numba-cuda", TBB],
     "perf": ["jax", "jaxlib", "pytensor", "torch==2.13.0", "autograd", "matplotlib", "threadpoolctl", DASK],
 }
 

@@ -61,13 +61,19 @@ _EARLY = []  # test modules whose worker was started at collection
 def pytest_collection_modifyitems(session, config, items):
     """Start the CUDA-simulator worker of ``_SIM_TEST`` now when that test will run, and run the test last: the
     worker runs in a subprocess on the second core while the other tests run (see ``tests/compile/test_cuda.py``),
-    and the test only collects its report."""
+    and the test only collects its report.  Under pytest-xdist (``-n 2``, the README's command) the other worker
+    has the second core, and every worker collects every test: the test runs first instead, in whichever worker
+    it is sent to, so that its subprocess does not finish after the rest of the suite."""
+    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
     for item in list(items):
         if item.nodeid == _SIM_TEST:
-            item.module.start_early()
-            _EARLY.append(item.module)
             items.remove(item)
-            items.append(item)
+            if xdist:
+                items.insert(0, item)
+            else:
+                item.module.start_early()
+                _EARLY.append(item.module)
+                items.append(item)
 
 
 def pytest_sessionfinish(session, exitstatus):
