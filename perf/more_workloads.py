@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Workloads beyond ``../shared/perf``: tapegrad against JAX (jit, float64) in ONE process on ONE core.
 
-    python perf/more_workloads.py [--only NAME]... [--out perf/results/more-workloads-DATE.txt]
+    python perf/more_workloads.py [--only NAME]... [--dtype float32] [--out perf/results/more-workloads-DATE.txt]
 
 Each workload is one function ``f(xp, *args)`` written once for both systems (``xp`` is ``tapegrad`` or
 ``jax.numpy``); the measure is value and gradient (``tg.function([...], [f, *grad])`` on the default tier, settled as
 in ``compare.py``; ``jax.jit(jax.value_and_grad)``).  Both are timed in alternating blocks (the median of each
 block, then the median over rounds), so drift of the shared machine hits both alike.  Results are checked against
 each other (largest difference relative to the largest value).  It prints a table, writes it to ``--out`` and
-saves a bar chart of the ratios beside it (if matplotlib is importable).
+saves a bar chart of the ratios beside it (if matplotlib is importable).  ``--dtype float32`` runs every
+workload in single precision on both sides (the arrays cast, the variables ``float32``).
 
 * logistic regression, 100,000 x 50 (a GEMV, ``log1p(exp(.))``);
 * least squares, 1,000,000 x 10, and a Poisson GLM, 20,000 x 300 (``X @ w`` and ``X.T @ r``: with the
@@ -121,7 +122,7 @@ def build_tapegrad(fn, args, wrt):
     import tapegrad as tg
     from tapegrad.compile.fused import _executor
 
-    vs = [tg.tensor("float64", shape=(None,) * np.ndim(a)) if np.ndim(a) else tg.dscalar() for a in args]
+    vs = [tg.tensor(dtype=np.asarray(a).dtype.name, shape=(None,) * np.ndim(a)) for a in args]
     out = fn(tg, *vs)
     f = tg.function(vs, [out, *tg.grad(out, [vs[i] for i in wrt])], device="cpu")
     t0 = time.perf_counter()
@@ -173,9 +174,10 @@ def main():
     ap.add_argument("--only", action="append", help="run the workloads whose name contains this (repeatable)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--out", help="write the table here (and a .png of the ratios beside it)")
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     a = ap.parse_args()
     rows = []
-    title = "# value + gradient, float64, one thread on one core, alternating blocks; ratio = tapegrad / JAX"
+    title = f"# value + gradient, {a.dtype}, one thread on one core, alternating blocks; ratio = tapegrad / JAX"
     head = (f"{'workload':28s} {'tapegrad':>11s} {'tier':>12s} {'JAX jit':>11s} {'ratio':>6s} "
             f"{'first tg':>9s} {'first JAX':>9s} {'rel diff':>8s}")
     lines = [title, head]  # (the file has no BLAS line)
@@ -185,6 +187,7 @@ def main():
     for name, (fn, args, wrt) in workloads().items():
         if a.only and not any(o in name for o in a.only):
             continue
+        args = [np.asarray(x, a.dtype) if np.ndim(x) else np.dtype(a.dtype).type(x) for x in args]
         tc, tv, tfirst, tier = build_tapegrad(fn, args, wrt)
         jc, jv, jfirst, _ = build_jax(fn, args, wrt)
         diff = max(float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-300) for x, y in zip(tv, jv))

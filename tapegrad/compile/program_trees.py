@@ -4,6 +4,8 @@ their dense leaves; found by ``_Gen._analyse``): the buffer each write goes to, 
 
 from __future__ import annotations
 
+import re
+
 from tapegrad.compile.kernels.steps import row_major
 from tapegrad.compile.program_ir import Unsupported, _Loop, _off_add
 from tapegrad.compile.program_windows import segments
@@ -25,6 +27,8 @@ class TreeTemplates:
                 self.tree_started.add(rt)
                 self.fresh(rt, zero=not lazy)
                 self._buffer_slot[self.loc[rt].buf] = rt
+                if not lazy:  # the zero fill, which the tree's flush may make its first assignment instead
+                    self.tree_zero_at[self.loc[rt].buf] = len(self.lines) - 1
                 if lazy:
                     self.G["unfilled"][self.loc[rt].buf] = self.loc[rt].size
             elif not in_group:
@@ -71,6 +75,7 @@ class TreeTemplates:
                         self.emit(f"{ind}{buf}[{loop.out_index()}] += {self.read(d, loop, as_dt=self.dtypes[o])}")
         if o == rt:  # the tree's last write has been placed
             self._tree_flush(self.loc[rt].buf)
+            self.tree_done.add(rt)
         if self.G is not None and rt in self.G["after"]:
             self.G["after"].add(o)
 
@@ -98,7 +103,33 @@ class TreeTemplates:
         if not ws:
             return
         spans = [(off, n) for off, n, _ in ws]
-        for a, b, active in segments(spans, min(s for s, _ in spans), max(s + n for s, n in spans)):
+        lo, hi = min(s for s, _ in spans), max(s + n for s, n in spans)
+        total = self.loc[self._buffer_slot[buf]].size
+        assign = self._unzero(buf) and total is not None
+        if assign:  # the windows' sums are the buffer's first values: assigned, the gaps zeroed
+            lo, hi = 0, total
+        for a, b, active in segments(spans, lo, hi):
             if active:
                 self.emit(f"    for p in range({a}, {b}):")
-                self.emit(f"        {buf}[p] += {' + '.join(ws[j][2]('p') for j in active)}")
+                self.emit(f"        {buf}[p] {'=' if assign else '+='} {' + '.join(ws[j][2]('p') for j in active)}")
+            elif assign:
+                self.emit(f"    {buf}[{a}:{b}] = 0")
+
+    def _unzero(self, buf):
+        """Drop the zero fill of tree buffer ``buf`` when nothing has touched the buffer since (every write so far
+        was kept for the flush): True when dropped.  (A stencil's gradient zeroed its buffer, then added the
+        windows: a pass more than assigning them.)"""
+        z = self.tree_zero_at.pop(buf, None)
+        if z is None or self.G is not None and buf in self.G["unfilled"]:
+            return False
+        line = self.lines[z].strip()
+        word = re.compile(rf"\b{re.escape(buf)}\b")
+        if any(word.search(ln) for ln in self.lines[z + 1:]):
+            return False
+        if line == f"{buf}[:] = 0":
+            self.lines[z] = ""
+        elif line.startswith(f"{buf} = np.zeros("):
+            self.lines[z] = self.lines[z].replace(" = np.zeros(", " = np.empty(", 1)
+        else:
+            return False
+        return True
