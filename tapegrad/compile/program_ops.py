@@ -355,16 +355,43 @@ class OpTemplates:
             raise Unsupported("zero-size extremum")
         ws, _ = self._sum_axes(k, op, x, o)
         buf = self.fresh(o)
-        fn = "s_maximum" if op.which == "max" else "s_minimum"
         if dt == "int64":
             fill = "np.int64(-9223372036854775808)" if op.which == "max" else "np.int64(9223372036854775807)"
         else:
             fill = f"np.{dt}({'-' if op.which == 'max' else ''}np.inf)"
         self.emit(f"    {buf}[:] = {fill}")
         loop = _Loop(xshape, [self.strides_for(x, xshape), list(ws)])
-        ind = loop.open(self.emit, "    ")
+        self._extremum_into(buf, x, loop, ws, op.which, fill)
+
+    def _extremum_into(self, buf, x, loop, ws, which, fill):
+        """Emit ``buf[g] = max(buf[g], x)`` (``which`` "max" or "min") over ``loop``, NaN propagating, ties
+        keeping the earlier value (as ``s_maximum``/``s_minimum`` in order).  When the innermost loop reduces
+        (a row max: softmax's shift) the row's extremum is a local scalar by compare-and-select with a NaN
+        flag beside it, combined with the buffer once a row: 2048 x 100 float32 took 58 us against 234 us
+        for ``s_maximum`` through memory (its NaN branches kept the loop scalar, and each element waited
+        for the store of the one before)."""
+        fn = "s_maximum" if which == "max" else "s_minimum"
         idx = loop.index(0, ws)
-        self.emit(f"{ind}{buf}[{idx}] = {fn}({buf}[{idx}], {self.read(x, loop)})")
+        if loop.flat or len(loop.dims) < 2 or ws[loop.dims[-1]]:
+            ind = loop.open(self.emit, "    ")
+            self.emit(f"{ind}{buf}[{idx}] = {fn}({buf}[{idx}], {self.read(x, loop)})")
+            return
+        dt = self.dtypes[x]
+        fl = dt in ("float64", "float32")
+        r, v, nf = self.tmp("r"), self.tmp("v"), self.tmp("n")
+        cmp = ">" if which == "max" else "<"
+        ind_row = loop.open(self.emit, "    ", levels=len(loop.dims) - 1)
+        self.emit(f"{ind_row}{r} = {fill}")
+        if fl:
+            self.emit(f"{ind_row}{nf} = False")
+        ind = loop.open(self.emit, ind_row, start=len(loop.dims) - 1)
+        self.emit(f"{ind}{v} = {self.read(x, loop)}")
+        self.emit(f"{ind}{r} = {v} if {v} {cmp} {r} else {r}")
+        if fl:
+            self.emit(f"{ind}{nf} |= {v} != {v}")
+            self.emit(f"{ind_row}{buf}[{idx}] = {fn}({buf}[{idx}], np.{dt}(np.nan) if {nf} else {r})")
+        else:
+            self.emit(f"{ind_row}{buf}[{idx}] = {fn}({buf}[{idx}], {r})")
 
     op_min = op_max
 
@@ -389,9 +416,7 @@ class OpTemplates:
         dt = self.dtypes[x]
         m = self.scratch(n, dt)
         self.emit(f"    {m}[:] = np.{dt}(-np.inf)")
-        r = loop.index(0, ws)
-        ind = loop.open(self.emit, "    ")
-        self.emit(f"{ind}{m}[{r}] = s_maximum({m}[{r}], {self.read(x, loop)})")
+        self._extremum_into(m, x, loop, ws, "max", f"np.{dt}(-np.inf)")
         self.emit(f"    for i in range({n}):")
         self.emit(f"        {m}[i] = {m}[i] if np.isfinite({m}[i]) else np.{dt}(0)")
         return m
