@@ -344,20 +344,16 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         if self._literal(k, name, args, outs):
             self.lit_instrs.add(k)
             return
-        if (name in _COPIES and len(outs) == 1 and self.shapes[args[0]] == self.shapes[outs[0]]
+        copy = (name in _COPIES and len(outs) == 1 and self.shapes[args[0]] == self.shapes[outs[0]]
                 and self.dtypes[args[0]] == self.dtypes[outs[0]]
-                and (args[0] not in self.tree_root or args[0] in self.tree_done)):
+                and (args[0] not in self.tree_root or args[0] in self.tree_done))
+        if copy and self.G is not None and args[0] in self.G["after"]:
+            self.close()  # (a value the open group's loop completes cannot be read in that loop)
+        if copy and self._before(args[0]):
             # a same-shape, same-dtype copy: the value is the input's (buffers are never written after the
             # instruction that made them, so sharing one is safe; outputs are copied out if not owned).  Of an
             # accumulation tree, only its complete root: the buffer holds a partial sum until then (and the
-            # gradient's same-shape sum_like of a stencil's tree was a pass writing two copies of it).  A value
-            # the open group's loop completes (its "after") cannot be read in that loop: the group closes
-            if self.G is not None and args[0] in self.G["after"]:
-                self.close()
-        if (name in _COPIES and len(outs) == 1
-                and self._before(args[0]) and self.shapes[args[0]] == self.shapes[outs[0]]
-                and self.dtypes[args[0]] == self.dtypes[outs[0]]
-                and (args[0] not in self.tree_root or args[0] in self.tree_done)):
+            # gradient's same-shape sum_like of a stencil's tree was a pass writing two copies of it)
             lx = self.loc[args[0]]
             self.loc[outs[0]] = _Loc(lx.shape, lit=lx.lit, buf=lx.buf, off=lx.off, strides=lx.strides,
                                      owned=lx.owned and lx.buf not in self.ws_bufs)

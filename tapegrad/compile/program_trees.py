@@ -27,10 +27,10 @@ class TreeTemplates:
                 self.tree_started.add(rt)
                 self.fresh(rt, zero=not lazy)
                 self._buffer_slot[self.loc[rt].buf] = rt
-                if not lazy:  # the zero fill, which the tree's flush may make its first assignment instead
-                    self.tree_zero_at[self.loc[rt].buf] = len(self.lines) - 1
                 if lazy:
                     self.G["unfilled"][self.loc[rt].buf] = self.loc[rt].size
+                else:  # the zero fill, which the tree's flush may make its first assignment instead
+                    self.tree_zero_at[self.loc[rt].buf] = len(self.lines) - 1
             elif not in_group:
                 self._fill_now(self.loc[rt].buf)
             self.loc[o] = self.loc[rt]
@@ -103,11 +103,11 @@ class TreeTemplates:
         if not ws:
             return
         spans = [(off, n) for off, n, _ in ws]
-        lo, hi = min(s for s, _ in spans), max(s + n for s, n in spans)
-        total = self.loc[self._buffer_slot[buf]].size
-        assign = self._unzero(buf) and total is not None
+        assign = self._unzero(buf)
         if assign:  # the windows' sums are the buffer's first values: assigned, the gaps zeroed
-            lo, hi = 0, total
+            lo, hi = 0, self.loc[self._buffer_slot[buf]].size
+        else:
+            lo, hi = min(s for s, _ in spans), max(s + n for s, n in spans)
         for a, b, active in segments(spans, lo, hi):
             if active:
                 self.emit(f"    for p in range({a}, {b}):")
@@ -119,8 +119,8 @@ class TreeTemplates:
         """Drop the zero fill of tree buffer ``buf`` when nothing has touched the buffer since (every write so far
         was kept for the flush): True when dropped.  (A stencil's gradient zeroed its buffer, then added the
         windows: a pass more than assigning them.)"""
-        z = self.tree_zero_at.pop(buf, None)
-        if z is None or self.G is not None and buf in self.G["unfilled"]:
+        z = self.tree_zero_at.pop(buf, None)  # (only trees whose fill was not deferred to a group's loop)
+        if z is None:
             return False
         line = self.lines[z].strip()
         word = re.compile(rf"\b{re.escape(buf)}\b")
