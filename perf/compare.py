@@ -762,6 +762,7 @@ def engine_fingerprint():
     import hashlib
     out = {}
     for rel in ("tapegrad/compile/cpu.py", "tapegrad/compile/_generated_dispatch.py",
+                "tapegrad/compile/_generated_kernels.py",
                 "tapegrad/compile/kernels/core.py", "tapegrad/compile/kernels/scalar.py"):
         p = REPO / rel
         if p.is_file():

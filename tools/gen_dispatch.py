@@ -1,7 +1,7 @@
-"""Regenerate tapegrad/compile/_generated_dispatch.py from the op registry.
+"""Regenerate tapegrad/compile/_generated_{kernels,tables,dispatch}.py from the op registry.
 
-    python tools/gen_dispatch.py          # write the file
-    python tools/gen_dispatch.py --check  # exit 1 if the committed file is stale
+    python tools/gen_dispatch.py          # write the files
+    python tools/gen_dispatch.py --check  # exit 1 if a committed file is stale
 """
 
 import os
@@ -14,11 +14,14 @@ from tapegrad.compile import dispatch  # noqa: E402
 
 def main(argv):
     if "--check" in argv:
-        with open(dispatch.GENERATED_PATH) as f:
-            ok = f.read() == dispatch.generate_source()
-        print("up to date" if ok else "STALE: run python tools/gen_dispatch.py")
-        return 0 if ok else 1
-    print("wrote", dispatch.write())
+        stale = []
+        for path, src in dispatch.generate_sources().items():
+            with open(path) as f:
+                if f.read() != src:
+                    stale.append(os.path.basename(path))
+        print(f"STALE ({', '.join(stale)}): run python tools/gen_dispatch.py" if stale else "up to date")
+        return 1 if stale else 0
+    print("wrote", ", ".join(dispatch.write()))
     return 0
 
 

@@ -61,9 +61,10 @@ numba_ready()
 
 
 def _interp():
-    from tapegrad.compile import _generated_dispatch as g
+    from tapegrad.compile._generated_dispatch import interp
+    from tapegrad.compile._generated_tables import GROUP, NATIVE
 
-    return g.interp, g.NATIVE, g.GROUP
+    return interp, NATIVE, GROUP
 
 
 class Plan:
