@@ -16,6 +16,7 @@ workload in single precision on both sides (the arrays cast, the variables ``flo
   logistic regression, the program tier's row regions, which read ``X`` once);
 * 1-D heat equation, 10^5 points, 50 explicit steps unrolled (shifted windows, 2,000 instructions: beyond one
   program's size limit, so a chain of programs);
+* the same heat equation with periodic boundaries (``roll``);
 * softmax cross-entropy, 2048 x 256 x 100 (two GEMMs, row max/sum);
 * Gaussian-process negative log-likelihood, n = 200, d = 3 (pairwise distances, ``cholesky``, ``solve``);
 * a tiny two-layer tanh network, 8 x 16 x 16 (call overhead);
@@ -63,6 +64,12 @@ def heat(xp, u, k):
     return xp.sum(u ** 2)
 
 
+def heat_periodic(xp, u, k):
+    for _ in range(50):
+        u = u + 0.1 * k * (xp.roll(u, 1) - 2 * u + xp.roll(u, -1))
+    return xp.sum(u ** 2)
+
+
 def xent(xp, W, X, Y):
     z = X @ W
     m = xp.max(z, axis=1, keepdims=True)
@@ -104,6 +111,7 @@ def workloads():
         "poisson glm 20k x 300": (poisson, [0.01 * r.standard_normal(300), r.standard_normal((20_000, 300)),
                                             r.poisson(1.0, 20_000).astype(np.float64)], [0]),
         "heat 1e5, 50 steps": (heat, [r.standard_normal(100_000), np.float64(0.5)], [0, 1]),
+        "heat periodic (roll) 1e5": (heat_periodic, [r.standard_normal(100_000), np.float64(0.5)], [0, 1]),
         "softmax xent 2048x256x100": (xent, [0.05 * r.standard_normal((256, 100)), r.standard_normal((2048, 256)),
                                              np.eye(100)[r.integers(0, 100, 2048)]], [0]),
         "GP nll n=200": (gp, [np.float64(1.3), r.standard_normal((200, 3)), r.standard_normal(200)], [0]),

@@ -202,8 +202,12 @@ class EngineProgram:
                 engine.program_error = e
                 return None
         try:
-            src, consts, ws = generate(tape, plan.shapes, engine.slot_dtypes, plan.values, plan.const_instrs,
-                                       engine.node, serial=serial)
+            from tapegrad.compile.program_order import eager_tape
+
+            ptape, const_instrs, node = eager_tape(tape, plan.shapes, engine.slot_dtypes, plan.const_instrs,
+                                                   engine.node)
+            src, consts, ws = generate(ptape, plan.shapes, engine.slot_dtypes, plan.values, const_instrs, node,
+                                       serial=serial)
         except Unsupported as e:
             engine.program_error = e
             return None

@@ -208,9 +208,11 @@ class ChainProgram:
         """Generate and compile the pieces on this thread.  ``worker``: this is the fused tier's background thread,
         where a piece whose compile another caller queued there is not waited for (it runs after this job)."""
         from tapegrad.compile.program import EngineProgram, _is_parallel, generate, get_program
+        from tapegrad.compile.program_order import eager_tape
 
-        tape = engine.tape
-        skip = set(int(k) for k in plan.const_instrs)
+        tape, const_instrs, node = eager_tape(engine.tape, plan.shapes, engine.slot_dtypes, plan.const_instrs,
+                                              engine.node)
+        skip = set(int(k) for k in const_instrs)
         values = dict(plan.values or {})
         made, last = _liveness(tape, skip)
         cuts = cut_points(tape, skip, liveness=(made, last))
@@ -247,7 +249,7 @@ class ChainProgram:
             shapes = [plan.shapes[s] for s in inputs] + [(n,) for n in sizes]
             for serial_piece in ((True,) if serial else (False, True)):
                 src, cvals, ws = generate(sub, [plan.shapes[s] for s in used], [dts[s] for s in used], local_values,
-                                          (), lambda k, instrs=instrs: engine.node(instrs[k]), serial=serial_piece,
+                                          (), lambda k, instrs=instrs: node(instrs[k]), serial=serial_piece,
                                           into=[local[s] for s in into])
                 try:
                     prog = get_program(src, cvals, shapes, [dts[s] for s in inputs + into], len(ret),

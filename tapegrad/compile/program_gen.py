@@ -62,6 +62,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.pinned = set()
         self.into = {}  # slot -> parameter: a flat array the caller passes, which the slot's value is written into
         self.into_bound = set()  # slots of ``into`` whose buffer is that parameter
+        self.into_alias = {}  # slot -> the ``into`` parameter its buffer is (an ``into`` slot is a copy of it)
+        self.buf_param = {}  # buffer name -> the ``into`` parameter it is
         self.tree_pending = {}  # tree buffer -> [(offset, length, source at position p)]: 1-d writes, summed at its root
         self.result_like = set()
         self.cur_k = -1  # the instruction being placed
@@ -69,6 +71,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.parallel = False  # a prange was emitted: the function is compiled with parallel=True
         self.region_skip = set()  # instructions of row regions (placed with their region)
         self.row_regions = True  # look for row regions (program_rows)
+        self.seg_src = {}  # 1-d join/roll slot -> (first line, its lines, windows): see _segmented_reads
 
     # ------------------------------------------------------------------ helpers
     def emit(self, line):
@@ -123,12 +126,14 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         shape = self.shapes[s]
         n = max(int(np.prod(shape, dtype=np.int64)), 1) if shape == () else int(np.prod(shape, dtype=np.int64))
         name = f"{self.prefix}b{s}"
-        if self.root is self and s in self.into:  # written straight into the caller's array
-            self.emit(f"    {name} = {self.into[s]}")
+        y = self.into.get(s, self.into_alias.get(s)) if self.root is self else None
+        if y is not None and y not in self.buf_param.values():  # written straight into the caller's array
+            self.emit(f"    {name} = {y}")
             if zero:
                 self.emit(f"    {name}[:] = 0")
             self.loc[s] = _Loc(shape, buf=name, owned=True)
             self.into_bound.add(s)
+            self.buf_param[name] = y
             return name
         self._new_array(name, n, dt, zero, workspace=not keep and s not in self.result_like)
         self.loc[s] = _Loc(shape, buf=name, owned=True)
@@ -169,7 +174,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.params += list(self.into.values())
         self.emit_tape()
         for s, y in self.into.items():  # values not made in their parameter (views, aliases, literals): copied in
-            if s not in self.into_bound or self.loc[s].buf != f"b{s}":
+            loc = self.loc[s]
+            if not (loc.lit is None and self.buf_param.get(loc.buf) == y and loc.off == 0 and loc.contiguous()):
                 self.copy_out(s, into=y)
         inputs = set(int(s) for s in tape.input_slots) | set(int(s) for s in tape.shared_slots)
         outs = []
@@ -189,6 +195,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             # 0-d results come back as scalars (boxing a 0-d array costs a microsecond): the caller wraps them
             outs.append(f"{src}[0]" if self.shapes[s] == () else f"{src}.reshape({self.shapes[s]!r})")
         self.lines.append("    return (" + "".join(o + ", " for o in outs) + ")")
+        self.lines = [line for line in self.lines if line]  # (lines dropped after their emission are blank)
         self.ws_sizes = place_workspace(self.lines, self.ws_bufs)
         self.parallel = any(" in prange(" in line for line in self.lines)
         self.params += [f"w_{dt}" for dt in sorted(self.ws_sizes)]
@@ -270,6 +277,17 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.pinned = set(int(s) for s in tape.output_slots) | set(int(s) for s in tape.update_slots) | set(self.into)
         self._buffer_slot = {}
         names = [name_of(int(c)) for c in tape.codes]
+        # a value that a chain's later piece reads is often a same-shape copy (the gradient's sum_like) of a slot
+        # made here (a stencil's adjoint tree): that slot's buffer is the caller's array itself, not a fresh
+        # array copied into it at the end
+        for k in range(len(tape) - 1, -1, -1):
+            a, o = tape.instr_args(k), tape.instr_outs(k)
+            if names[k] in _COPIES and len(o) == 1 and len(a) and k not in self.const_instrs:
+                y = self.into.get(int(o[0]), self.into_alias.get(int(o[0])))
+                if (y is not None and int(a[0]) not in self.into and int(a[0]) not in self.into_alias
+                        and self.shapes[int(a[0])] == self.shapes[int(o[0])]
+                        and self.dtypes[int(a[0])] == self.dtypes[int(o[0])] and y not in self.into_alias.values()):
+                    self.into_alias[int(a[0])] = y
         # slots whose buffer a result shares through same-shape copies (the gradient's sum_like): they get
         # their own array, not a workspace window, so the result needs no copy
         self.result_like = set(self.pinned)
@@ -562,6 +580,23 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             x = m.data_args[0] if m.kind == "copy" else None
             if x in by_out and self.dtypes[x] == m.out_dtype and tuple(self.shapes[x]) == shape:
                 share[m.out] = share.get(x, x)
+        # dense leaves of an accumulation tree whose windows are not all placed yet (the root comes after this
+        # loop): kept for the tree's one-pass flush, which can then assign the buffer; added here, they made the
+        # buffer a zero fill and two read-modify-write passes (``-2 * adj`` of a stencil's gradient)
+        later = []
+        if len(shape) == 1 and not self.prefix and self.hoist is None:
+            for e in G["epi"]:
+                if e[0] != "write" or e[2] != 0 or tuple(e[3]) != (1,) or e[5] != "+=" or e[1] in G["unfilled"]:
+                    continue
+                rt = self._buffer_slot.get(e[1])
+                ly = None if e[4] in mine else self.loc.get(e[4])
+                if (rt is None or rt not in self.tree_root or rt in self.tree_done
+                        or (ly is not None and (ly.lit is not None or len(ly.shape) != 1))):
+                    continue
+                later.append(e)
+                if e[4] in mine and e[4] not in outs and e[4] not in share:
+                    outs.append(e[4])
+            G["epi"] = [e for e in G["epi"] if not any(e is f for f in later)]
         aliases = [s for s in outs if s in share]
         outs = [s for s in outs if s not in share]
         outs += [r for r in dict.fromkeys(share[s] for s in aliases) if r not in outs]
@@ -621,6 +656,12 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 else:
                     self.emit(f"    {buf}[:] = 0")
         shifted = self._shifted_plan(G, loop, shape, size, direct, deferred)
+        windows = G.get("windows", {})  # tree buffer -> (its windows, assigned?): added in this loop, or first
+        if windows and (shifted is not None or not loop.flat or len(shape) != 1 or not size
+                        or any(k[0] in windows for k in deferred)):
+            for buf, (ws, assign) in windows.items():
+                self._emit_flush(buf, ws, assign)
+            windows = {}
         if shifted is not None:
             self._emit_shifted(G, loop, members, ext, outs, shifted)
             deferred = {}
@@ -630,33 +671,54 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             # dependence through a store that keeps the innermost loop (exp, ... included) from vectorising
             inner = loop.dims[-1] if not loop.flat and len(loop.dims) > 1 else None
             rows = {id(e): self.tmp("r") for e in G["epi"] if inner is not None and e[0] == "sum" and not e[3][inner]}
+
+            def body(ind, active=None):
+                tn = self._emit_eval(ind, loop, members, ext)
+                direct_vals, tree_vals = {}, {}
+                oi = loop.out_index()
+                for e in self._emit_primary(ind, loop, G, tn, outs, rows):
+                    _, buf, off, rst, y, mode, dt = e
+                    val = _convert(tn[y], self.dtypes[y], dt)
+                    if (buf, off, rst) in deferred:  # to a contiguous temporary: added after the loop
+                        tname, how = deferred[buf, off, rst]
+                        self.emit(f"{ind}{tname}[{oi}] {how} {val}")
+                    elif direct.get(buf) == (buf, off, rst):
+                        direct_vals.setdefault(buf, []).append(val)
+                    elif buf in windows:
+                        tree_vals.setdefault(buf, []).append(val)
+                    else:
+                        self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] {mode} {val}")
+                for buf, vals in direct_vals.items():
+                    _, off, rst = direct[buf]
+                    self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] = {' + '.join(vals)}")
+                wrap = bool(loop.par or loop.split)
+                for buf, vals in tree_vals.items():  # a tree's dense leaves and the windows covering here
+                    ws, assign = windows[buf]
+                    terms = vals + [ws[j][2](loop.var, wrap=wrap) for j in active[buf]]
+                    self.emit(f"{ind}{buf}[{loop.out_index()}] {'=' if assign else '+='} {' + '.join(terms)}")
+
+            segs = None if rows else self._segmented_reads(G, ext, loop, members, windows)
             if rows:
                 ind_row = loop.open(self.emit, "    ", levels=len(loop.dims) - 1)
                 for e in G["epi"]:
                     if id(e) in rows:
                         self.emit(f"{ind_row}{rows[id(e)]} = np.{e[4]}(0)")
-                ind = loop.open(self.emit, ind_row, start=len(loop.dims) - 1)
+                body(loop.open(self.emit, ind_row, start=len(loop.dims) - 1))
+                for e in G["epi"]:
+                    if id(e) in rows:
+                        self.emit(f"{ind_row}{e[1]}[{loop.index(0, e[3])}] += {rows[id(e)]}")
+            elif segs:
+                saved = {sl: self.loc[sl] for sl in segs[0][2]}
+                for a, b, over, active in segs:
+                    self.loc.update(over)
+                    loop.streams, loop.itemsize = self._streams(ext, shape)
+                    body(loop.open(self.emit, "    ", lo=a, hi=b), active)
+                self.loc.update(saved)
             else:
-                ind = loop.open(self.emit, "    ")
-            tn = self._emit_eval(ind, loop, members, ext)
-            direct_vals = {}
-            oi = loop.out_index()
-            for e in self._emit_primary(ind, loop, G, tn, outs, rows):
-                _, buf, off, rst, y, mode, dt = e
-                val = _convert(tn[y], self.dtypes[y], dt)
-                if (buf, off, rst) in deferred:  # to a contiguous temporary: added after the loop
-                    tname, how = deferred[buf, off, rst]
-                    self.emit(f"{ind}{tname}[{oi}] {how} {val}")
-                elif direct.get(buf) == (buf, off, rst):
-                    direct_vals.setdefault(buf, []).append(val)
-                else:
-                    self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] {mode} {val}")
-            for buf, vals in direct_vals.items():
-                _, off, rst = direct[buf]
-                self.emit(f"{ind}{buf}[{loop.index(off, list(rst))}] = {' + '.join(vals)}")
-            for e in G["epi"]:
-                if id(e) in rows:
-                    self.emit(f"{ind_row}{e[1]}[{loop.index(0, e[3])}] += {rows[id(e)]}")
+                body(loop.open(self.emit, "    "))
+        for e in later:
+            if not self._tree_defer(e[1], 0, shape, e[4], e[6]):
+                raise AssertionError("a kept dense leaf is a plain 1-d buffer")
         for (buf, off, rst), (tname, _) in deferred.items():
             if size:
                 ind = loop.open(self.emit, "    ")
@@ -671,6 +733,49 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 _, buf, x, ws, dt, scale, _o = e
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
+
+    def _segmented_reads(self, G, ext, loop, members, windows):
+        """Segments ``(a, b, {slot: loc}, {tree buffer: indices of its windows})`` of the open group's flat 1-d
+        loop when some of its external operands are 1-d joins or rolls (``seg_src``) that only this loop reads,
+        or when it adds the windows of accumulation trees (``windows``).  In each segment such an operand is read
+        in place from the window that covers it (``concatenate([u[:1], u[:-1]])`` of a stencil is ``u[i - 1]``
+        past its first element), and the copy emitted for it is dropped; a tree's store adds the windows that
+        cover the segment.  None when there is nothing to segment."""
+        if self.prefix or len(loop.shape) != 1 or not loop.flat or not loop.shape[0]:
+            return None
+        ks = {m.k for m in members} | G["absorbed"] | self.lit_instrs
+        found = {}
+        for s in ext:
+            src = self.seg_src.get(s)
+            if src is None or s in self.pinned or any(r not in ks for r in self.value_readers.get(s, ())):
+                continue
+            at, text, pieces = src
+            if tuple(self.lines[at:at + len(text)]) != text or any(
+                    lc.lit is None and (isinstance(lc.off, str) or lc.strides[0] != 1) for _, _, lc in pieces):
+                continue
+            found[s] = src
+        if not found and not windows:
+            return None
+        n = loop.shape[0]
+        for s, (at, text, _) in found.items():  # the copy (and its buffer) go: nothing else reads them
+            for j in range(at, at + len(text)):
+                self.lines[j] = ""
+            self.ws_bufs.pop(self.loc[s].buf, None)
+            del self.seg_src[s]
+        cuts = {0, n} | {st for _, _, pieces in found.values() for st, _, _ in pieces}
+        cuts |= {min(max(c, 0), n) for ws, _ in windows.values() for off, m, _ in ws for c in (off, off + m)}
+        cuts = sorted(cuts)
+        segs = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            over = {}
+            for s, (_, _, pieces) in found.items():
+                st, _, lc = next(p for p in pieces if p[0] <= a < p[0] + p[1])
+                over[s] = (_Loc((n,), lit=lc.lit) if lc.lit is not None
+                           else _Loc((n,), buf=lc.buf, off=lc.off - st, strides=(1,)))
+            active = {buf: [j for j, (off, m, _) in enumerate(ws) if off <= a and b <= off + m]
+                      for buf, (ws, _) in windows.items()}
+            segs.append((a, b, over, active))
+        return segs
 
     def _streams(self, ext, shape):
         """The arrays a flat loop over ``shape`` reads along it at unit stride, as ``(buffer, offset)`` (the lowest

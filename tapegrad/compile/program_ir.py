@@ -208,12 +208,15 @@ class _Loop:
         self.prefetch = False  # ... and whether it computes enough per element to prefetch them
         self.split = False  # a loop was split at an aligned index: its indices are marked non-negative too
 
-    def open(self, emit, ind, levels=None, start=0):
+    def open(self, emit, ind, levels=None, start=0, lo=0, hi=None):
         """Emit the loop headers; returns the body indentation.  A loop nest may be opened in two steps:
-        ``levels`` headers from axis ``start`` of ``dims`` (the ``prange`` header comes with ``start == 0``)."""
+        ``levels`` headers from axis ``start`` of ``dims`` (the ``prange`` header comes with ``start == 0``).
+        A flat loop may run over the part ``[lo, hi)`` of its range (a segment: in chunks only when long)."""
         n = int(np.prod(self.shape, dtype=np.int64))
         if self.flat:
-            ind, split = loop_range(emit, ind, "i", 0, n, self.par, self.streams, self.itemsize, self.prefetch)
+            hi = n if hi is None else hi
+            chunks = self.par if self.par and (hi - lo) * 8 >= n else 0
+            ind, split = loop_range(emit, ind, "i", lo, hi, chunks, self.streams, self.itemsize, self.prefetch)
             self.split = self.split or split
             return ind
         if self.par and start == 0:

@@ -599,8 +599,17 @@ class OpTemplates:
         if lx.lit is not None:
             raise Unsupported("roll of a literal")
         shift = self.loc[sh].lit if self.loc[sh].lit is not None else f"{self.loc[sh].buf}[{self.loc[sh].off}]"
-        buf = self.fresh(o)
         n = int(np.prod(shape, dtype=np.int64))
+        lit = self._literal_value(sh)
+        if len(shape) == 1 and n and lit is not None and lit == int(lit):
+            # a 1-d roll by a literal shift is the join of two windows of x: x[n - r:] then x[:n - r]
+            r = int(lit) % n
+            st = lx.strides[0]
+            pieces = [(0, r, _Loc((r,), buf=lx.buf, off=_off_add(lx.off, (n - r) * st), strides=(st,))),
+                      (r, n - r, _Loc((n - r,), buf=lx.buf, off=lx.off, strides=(st,)))]
+            self._join_pieces(o, [p for p in pieces if p[1]], x not in self.tree_root or x in self.tree_done)
+            return
+        buf = self.fresh(o)
         if n == 0:
             return
         sv = self.tmp("r")
@@ -627,9 +636,33 @@ class OpTemplates:
         terms = [str(lx.off)] + [f"{'j' if d == ax else f'i{d}'} * {lx.strides[d]}" for d in range(len(shape))]
         self.emit(f"{ind}{buf}[{loop.out_index()}] = {lx.buf}[{' + '.join(terms)}]")
 
+    def _join_pieces(self, o, pieces, stable):
+        """Copy the 1-d windows ``pieces`` (``(start, length, loc)``, in order, covering ``o``) into ``o``'s fresh
+        buffer, and keep them in ``seg_src``: a fused group that is the only reader of ``o`` reads the windows
+        in place instead, segment by segment, and the copy is dropped (``close``, ``_segmented_reads``).
+        ``stable``: the windows' buffers hold their final values (not a partial accumulation tree)."""
+        buf = self.fresh(o)
+        lo = len(self.lines)
+        for start, n, loc in pieces:
+            src = loc.lit if loc.lit is not None else f"{loc.buf}[{_off_add(loc.off, f'i * {loc.strides[0]}')}]"
+            self.emit(f"    for i in range({n}):")
+            self.emit(f"        {buf}[{start} + i] = {src}")
+        if stable and not self.prefix and self.hoist is None and self.lines[lo - 1].startswith(f"    {buf} = "):
+            self.seg_src[o] = (lo - 1, tuple(self.lines[lo - 1:]), pieces)
+
     def op_join(self, k, op, args, outs):
         o = outs[0]
         shape = self.shapes[o]
+        if len(shape) == 1 and all(self.dtypes[x] == self.dtypes[o] and len(self.loc[x].shape) == 1 for x in args):
+            pieces, start = [], 0
+            for x in args:
+                lx = self.loc[x]
+                if lx.shape[0]:
+                    pieces.append((start, lx.shape[0], lx))
+                start += lx.shape[0]
+            if pieces:
+                self._join_pieces(o, pieces, all(x not in self.tree_root or x in self.tree_done for x in args))
+                return
         buf = self.fresh(o)
         ost = row_major(shape)
         start = 0

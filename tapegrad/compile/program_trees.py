@@ -90,8 +90,9 @@ class TreeTemplates:
         st = (self.strides_for(y, shape) if strides is None else strides)[0]
         from tapegrad.compile.fused import _convert
 
-        def src(p, ly=ly, st=st, off=off):
-            return _convert(f"{ly.buf}[{_off_add(ly.off, f'({p} - {off}) * {st}')}]", self.dtypes[y], dt)
+        def src(p, ly=ly, st=st, off=off, wrap=False):
+            at = _off_add(ly.off, f"({p} - {off}) * {st}")
+            return _convert(f"{ly.buf}[{f'nn({at})' if wrap else at}]", self.dtypes[y], dt)
 
         self.tree_pending.setdefault(buf, []).append((off, shape[0], src))
         return True
@@ -102,8 +103,21 @@ class TreeTemplates:
         ws = self.tree_pending.pop(buf, [])
         if not ws:
             return
-        spans = [(off, n) for off, n, _ in ws]
         assign = self._unzero(buf)
+        G = self.G
+        if (G is not None and not self.prefix and buf not in G["unfilled"] and len(G["shape"]) == 1
+                and G["shape"][0] == self.loc[self._buffer_slot[buf]].size):
+            writes = [e for e in G["epi"] if e[0] == "write" and e[1] == buf]
+            if writes and all(e[2] == 0 and tuple(e[3]) == (1,) and e[5] == "+=" for e in writes):
+                # the open group's loop adds dense leaves into this tree (``-2 * adj`` of a stencil): its loop adds
+                # the windows too, segment by segment (``close``), instead of a pass of their own before it
+                G.setdefault("windows", {})[buf] = (ws, assign)
+                return
+        self._emit_flush(buf, ws, assign)
+
+    def _emit_flush(self, buf, ws, assign):
+        """The loops of :meth:`_tree_flush`: windows ``ws`` added into (``assign``: assigned to) ``buf``."""
+        spans = [(off, n) for off, n, _ in ws]
         if assign:  # the windows' sums are the buffer's first values: assigned, the gaps zeroed
             lo, hi = 0, self.loc[self._buffer_slot[buf]].size
         else:
