@@ -377,7 +377,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                                      owned=lx.owned and lx.buf not in self.ws_bufs)
             self.lit_instrs.add(k)
             return
-        from tapegrad.tape.fuse import _member
+        from tapegrad.tape.fuse import _member, shape_only_args
 
         thin = self._thin_dot(k, name, args, outs)
         if thin is not None:
@@ -393,7 +393,10 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         if self.G is not None and self._absorb(k, name, args, outs):
             self.G["absorbed"].add(k)
             return
-        if self.G is not None and not all(self._before(s) for s in args):
+        # (a slot read for its shape only that has no location, as in a chain's piece where it is no input,
+        # cannot be made available by closing the group: shapes are literals)
+        so = shape_only_args(tape, k)
+        if self.G is not None and not all(self._before(s) or (s in so and s not in self.loc) for s in args):
             self.close()
         self.instruction(k)  # emitted now: before the open group's loop, which does not feed it
 
