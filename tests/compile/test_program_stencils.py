@@ -166,3 +166,6 @@ def test_stencil_gradient_as_a_chain_writes_values_into_the_chain_arrays(short_p
     # a piece's value for later pieces is its buffer (b = y), never a copy into the array at the end
     for src in srcs:
         assert not re.search(r"\n\s+y\d+\[i\] = b\d+\[i\]\n", src), src
+    # the loop adding a tree's dense leaf adds its windows too (a scatter's shape-only base, no input of the
+    # piece, used to close that loop first): no window sums in a loop of their own
+    assert not any("for p in range(" in src for src in srcs), srcs
