@@ -517,10 +517,51 @@ class OpTemplates:
             raise Unsupported(f"extremum_mask of {self.shapes[x]} into {self.dtypes[o]}")
         axes = _axes(op.axis, self.node(k).inputs[0], "extremum_mask")
         buf = self.fresh(o)
+        if self._mask_from_extremum(x, set(axes), op.which, buf):
+            return
         at, n = self._first_extremum(x, axes, op.which, "extremum_mask")
         self.emit(f"    {buf}[:] = False")
         self.emit(f"    for i in range({n}):")
         self.emit(f"        {buf}[{at}[i]] = True")
+
+    def _mask_from_extremum(self, x, axes, which, buf):
+        """``extremum_mask`` of a C-contiguous ``x`` over its trailing ``axes`` when the ``max`` (``min``) itself
+        is already computed (the forward pass of the gradient of ``max``): each row is searched for its first
+        element equal to that extremum (or its first NaN, when the extremum is NaN) and the search stops there.
+        The same mask as :meth:`_first_extremum`, which compares every element with a running best: 2048 x 100
+        float32 took 46 us against 113."""
+        from tapegrad.ops.reduce import _axes
+        from tapegrad.registry import name_of
+
+        lx, shape = self.loc[x], self.shapes[x]
+        nd = len(shape)
+        if (lx.lit is not None or not lx.contiguous() or isinstance(lx.off, str) or not axes
+                or axes != set(range(nd - len(axes), nd)) or self.dtypes[x] not in ("float64", "float32", "int64")):
+            return False
+        for j in self.readers.get(x, ()):
+            if j in self.const_instrs or name_of(int(self.tape.codes[j])) not in ("MAX", "MIN"):
+                continue
+            opj = self.tape.ops[j]
+            (m,) = [int(s) for s in self.tape.instr_outs(j)]
+            lm = self.loc.get(m)
+            if (opj is None or opj.which != which or lm is None or lm.lit is not None or not lm.contiguous()
+                    or isinstance(lm.off, str) or not self._before(m) or m in self.tree_root
+                    or set(_axes(opj.axis, self.node(j).inputs[0], "max")) != axes):
+                continue
+            rows = int(np.prod(shape[:nd - len(axes)], dtype=np.int64))
+            n = int(np.prod(shape[nd - len(axes):], dtype=np.int64))
+            mv, nan = self.tmp("m"), self.tmp("n")
+            self.emit(f"    {buf}[:] = False")
+            self.emit(f"    for r in range({rows}):")
+            self.emit(f"        {mv} = {lm.buf}[{_off_add(lm.off, 'r')}]")
+            self.emit(f"        {nan} = {mv} != {mv}")
+            self.emit(f"        for j in range({n}):")
+            self.emit(f"            v = {lx.buf}[{_off_add(lx.off, f'r * {n} + j')}]")
+            self.emit(f"            if v == {mv} or ({nan} and v != v):")
+            self.emit(f"                {buf}[r * {n} + j] = True")
+            self.emit("                break")
+            return True
+        return False
 
     def op_argmax(self, k, op, args, outs):
         """The index of the first max (min) into the reduced axes flattened in C order (a NaN counts as the
@@ -556,6 +597,12 @@ class OpTemplates:
             if cnt is None:
                 raise Unsupported("mean over an empty axis")
             scale = _lit(cnt, self.dtypes[o])
+        elif self.dtypes[g] == self.dtypes[o] and (g not in self.tree_root or g in self.tree_done):
+            # a view with stride 0 on the broadcast axes: the loops that read it read g (a softmax gradient's
+            # row sums broadcast over a 2048 x 100 matrix were two passes writing the matrix)
+            self.loc[o] = (_Loc(oshape, lit=lg.lit) if lg.lit is not None
+                           else _Loc(oshape, buf=lg.buf, off=lg.off, strides=st))
+            return
         self._broadcast_copy(g, o, strides=st, scale=scale)
 
     # ---- basic-index writes

@@ -91,3 +91,26 @@ def test_the_copy_finder_sees_a_copy():
     src = "    for i in range(8):\n        a1 = b3[nn(i)]\n        t2 = a1\n        b4[nn(i)] = t2\n"
     assert copy_stores(src) == ["b4[nn(i)] = t2"]
     assert copy_stores(src.replace("t2 = a1", "t2 = np.float64(a1 * 2.0)")) == []
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_broadcast_of_row_values_is_a_view(dtype):
+    """``broadcast_reduced`` (the gradient of a row sum or max, broadcast back over the row) is a view with stride
+    0, read by the loops that use it: no pass writes the row values out over the whole matrix."""
+    W, X = tg.tensor(dtype=dtype, shape=(None, None)), tg.tensor(dtype=dtype, shape=(None, None))
+    z = tg.dot(X, W)
+    m = tg.max(z, axis=1, keepdims=True)
+    lse = tg.log(tg.sum(tg.exp(z - m), axis=1, keepdims=True)) + m
+    cost = -tg.sum(z[:, :1] - lse) / 64.0
+    outs = [cost, tg.grad(cost, W)]
+    args = [(0.3 * RNG.standard_normal((16, 40))).astype(dtype), RNG.standard_normal((64, 16)).astype(dtype)]
+    ref = tg.function([W, X], outs, device="python")(*args)
+    f = tg.function([W, X], outs, tier="program")
+    got = f(*args)
+    (prog,) = f._engine._programs.values()
+    assert prog.ready()
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    src = prog.program.source
+    assert not re.search(r"b\d+\[i0 \* 40 \+ i1\] = b\d+\[i0\]\n", src), src

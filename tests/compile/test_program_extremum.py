@@ -70,3 +70,37 @@ def test_softmax_and_logsumexp_rows_with_nan_and_inf_match_python(dtype):
         got = tg.function([x], outs, tier="program")(xv)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == "float64" else 1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("which", ["max", "min"])
+@pytest.mark.parametrize("axis", [-1, (1, 2), 1, None])
+def test_gradient_of_an_extremum_marks_the_first_one(dtype, which, axis):
+    """The gradient of ``max`` goes to each group's first extremum in C order (the first NaN of a row with one).
+    Over trailing axes the program searches each row for the already computed extremum and stops there
+    (``_mask_from_extremum``); over others it keeps a running best (``_first_extremum``): the same mask."""
+    x = tg.tensor(dtype=dtype, shape=(None, None, None))
+    y = tg.sum(getattr(tg, which)(x, axis=axis) * 3.0)
+    xv = _special((6, 3, 37), dtype)
+    xv[5, 1, :5] = xv[5, 1, 7]  # ties: the first of them gets the gradient
+    outs = [y, tg.grad(y, x)]
+    f = tg.function([x], outs, tier="program")
+    got = f(xv)
+    (prog,) = f._engine._programs.values()
+    assert prog.ready()
+    want = tg.function([x], outs, device="python")(xv)
+    _same(got[1], want[1])
+    assert float(np.sum(got[1] != 0)) == float(np.sum(want[1] != 0))
+    src = prog.program.source
+    assert ("break" in src) == (axis in (-1, (1, 2), None)), src
+
+
+def test_gradient_of_a_row_max_with_equal_values():
+    x = tg.tensor(dtype="float64", shape=(None, None))
+    y = tg.sum(tg.max(x, axis=1) ** 2)
+    xv = np.ones((4, 9))
+    xv[2] = -np.inf
+    got = tg.function([x], tg.grad(y, x), tier="program")(xv)
+    want = np.zeros_like(xv)
+    want[:, 0] = 2 * xv[:, 0]
+    np.testing.assert_array_equal(got, want)
