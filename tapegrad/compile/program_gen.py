@@ -597,8 +597,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                         or (ly is not None and (ly.lit is not None or len(ly.shape) != 1))):
                     continue
                 later.append(e)
-                if e[4] in mine and e[4] not in outs and e[4] not in share:
-                    outs.append(e[4])
+                if e[4] in mine and e[4] not in outs:
+                    outs.append(e[4])  # (a copy member shares its member's buffer: see aliases)
             G["epi"] = [e for e in G["epi"] if not any(e is f for f in later)]
         aliases = [s for s in outs if s in share]
         outs = [s for s in outs if s not in share]
