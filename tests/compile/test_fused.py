@@ -66,15 +66,28 @@ def _engine(tape, **kw):
     return FusedCPUEngine(tape, **kw)
 
 
-def _check(tape, inputs, shared=(), dtype="float64", min_group=1):
+def _check(tape, inputs, shared=(), dtype="float64", min_group=1, truth=None):
+    """The fused tier against the python engine.  ``truth``: the same outputs computed in float64 (for a float32
+    tape): where the two float32 results differ by more than the tolerance, the fused one must then be at least
+    as close to it as the python engine's (an ill-conditioned expression, ``1 - sigmoid(6.5)`` in a gradient,
+    amplifies the rounding of either)."""
     ref_out, ref_up = ReferenceEngine(tape).run(inputs, shared)
     eng = _engine(tape, min_group=min_group)
     for _ in range(2):  # second call: pooled buffers
         out, up = eng.run(inputs, shared)
         assert len(out) == len(ref_out)
-        for a, b in zip(out + up, ref_out + ref_up):
+        for j, (a, b) in enumerate(zip(out + up, ref_out + ref_up)):
             assert a.shape == b.shape and a.dtype == b.dtype
-            np.testing.assert_allclose(a, b, equal_nan=True, **_tol(dtype, b))
+            try:
+                np.testing.assert_allclose(a, b, equal_nan=True, **_tol(dtype, b))
+            except AssertionError:
+                if truth is None:
+                    raise
+                t = np.asarray(truth[j], np.float64)
+                err_a = np.abs(np.asarray(a, np.float64) - t)
+                err_b = np.abs(np.asarray(b, np.float64) - t)
+                ok = (err_a <= 2 * err_b + _tol(dtype, b)["atol"]) | (np.isnan(a) & np.isnan(b))
+                assert np.all(ok), (a, b, t)
     return eng
 
 
@@ -86,7 +99,7 @@ def _rosenbrock(dtype="float64"):
 
 
 # --------------------------------------------------------------------------- random graphs
-def _graph_tape(case, with_grad):
+def _graph_outs(case, with_grad):
     inputs, out, values = case
     outs = [out]
     if with_grad and out.dtype in ("float64", "float32"):
@@ -94,7 +107,22 @@ def _graph_tape(case, with_grad):
     flat = []
     for o in outs:
         flat.extend(o if isinstance(o, list) else [o])
-    return build_tape(inputs, flat), values
+    return flat
+
+
+def _graph_tape(case, with_grad):
+    return build_tape(case[0], _graph_outs(case, with_grad)), case[2]
+
+
+def _float64_truth(case, with_grad):
+    """The outputs of a float32 case recomputed with float64 inputs (python engine)."""
+    from tapegrad.graph import clone_replace
+
+    inputs, _, values = case
+    wide = [TensorType("float64", x.type.shape)(x.name) for x in inputs]
+    outs = clone_replace(_graph_outs(case, with_grad), dict(zip(inputs, wide)))
+    return tg.function(wide, outs, device="python", on_unused_input="ignore")(
+        *[np.asarray(v, np.float64) for v in values])
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -102,8 +130,9 @@ def _graph_tape(case, with_grad):
 @given(data=st.data())
 def test_random_elementwise_graphs(dtype, data):
     case = data.draw(random_graphs(dtype=dtype, n_ops=(1, 8), reductions=False, kinks=True, max_ndim=3))
-    tape, values = _graph_tape(case, with_grad=data.draw(st.booleans()))
-    _check(tape, values, dtype=dtype)
+    with_grad = data.draw(st.booleans())
+    tape, values = _graph_tape(case, with_grad)
+    _check(tape, values, dtype=dtype, truth=_float64_truth(case, with_grad) if dtype == "float32" else None)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
