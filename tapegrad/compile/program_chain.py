@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from tapegrad.compile.program_ir import Unsupported
-from tapegrad.tape.format import SLOT_INPUT, Tape
+from tapegrad.tape.format import SLOT_INPUT, Tape, csr_rows
 from tapegrad.tape.fuse import shape_only_args
 
 CHUNK = 200  # instructions per piece at most (compile time: a few seconds each)
@@ -103,18 +103,10 @@ def sub_tape(tape, instrs, inputs, outputs):
     for s in inputs:
         num(s)
 
-    def csr(ptr, flat, remap=False):
-        parts = [flat[ptr[k]:ptr[k + 1]] for k in instrs]
-        if remap:
-            parts = [np.array([num(x) for x in part], flat.dtype) for part in parts]
-        p = np.zeros(len(instrs) + 1, np.int64)
-        p[1:] = np.cumsum([len(x) for x in parts])
-        return p, (np.concatenate(parts) if parts else flat[:0])
-
-    arg_ptr, args = csr(tape.arg_ptr, tape.args, remap=True)
-    out_ptr, outs = csr(tape.out_ptr, tape.outs, remap=True)
-    ip_ptr, iparams = csr(tape.ip_ptr, tape.iparams)
-    fp_ptr, fparams = csr(tape.fp_ptr, tape.fparams)
+    arg_ptr, args = csr_rows(tape.arg_ptr, tape.args, instrs, num)
+    out_ptr, outs = csr_rows(tape.out_ptr, tape.outs, instrs, num)
+    ip_ptr, iparams = csr_rows(tape.ip_ptr, tape.iparams, instrs)
+    fp_ptr, fparams = csr_rows(tape.fp_ptr, tape.fparams, instrs)
     out_slots = [num(s) for s in outputs]
     idx = np.asarray(used, np.int64)
     kinds = tape.slot_kind[idx].copy()

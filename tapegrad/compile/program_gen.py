@@ -19,7 +19,7 @@ from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
 from tapegrad.compile.program_rows import RowTemplates
 from tapegrad.compile.program_trees import TreeTemplates
-from tapegrad.compile.program_windows import WindowTemplates
+from tapegrad.compile.program_windows import WindowTemplates, segments
 from tapegrad.compile.threads import program_threads
 from tapegrad.compile.vmath import HUGE_MIN
 from tapegrad.ops.elemwise import _IMPLS
@@ -61,7 +61,6 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.ws_sizes = {}  # dtype -> workspace length (elements), set by generate()
         self.pinned = set()
         self.into = {}  # slot -> parameter: a flat array the caller passes, which the slot's value is written into
-        self.into_bound = set()  # slots of ``into`` whose buffer is that parameter
         self.into_alias = {}  # slot -> the ``into`` parameter its buffer is (an ``into`` slot is a copy of it)
         self.buf_param = {}  # buffer name -> the ``into`` parameter it is
         self.tree_pending = {}  # tree buffer -> [(offset, length, source at position p)]: 1-d writes, summed at its root
@@ -132,7 +131,6 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             if zero:
                 self.emit(f"    {name}[:] = 0")
             self.loc[s] = _Loc(shape, buf=name, owned=True)
-            self.into_bound.add(s)
             self.buf_param[name] = y
             return name
         self._new_array(name, n, dt, zero, workspace=not keep and s not in self.result_like)
@@ -337,6 +335,11 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
         self.tree_zero_at = {}  # tree buffer -> index in self.lines of its zero fill
 
     # ------------------------------------------------------------------ placement
+    def _final(self, s):
+        """Slot ``s``'s buffer holds its final value: it is not a partial sum of an accumulation tree (whose root
+        is complete only after its last write)."""
+        return s not in self.tree_root or s in self.tree_done
+
     def _before(self, s):
         """Slot ``s`` has its value before the open group's loop runs."""
         G = self.G
@@ -364,7 +367,7 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
             return
         copy = (name in _COPIES and len(outs) == 1 and self.shapes[args[0]] == self.shapes[outs[0]]
                 and self.dtypes[args[0]] == self.dtypes[outs[0]]
-                and (args[0] not in self.tree_root or args[0] in self.tree_done))
+                and self._final(args[0]))
         if copy and self.G is not None and args[0] in self.G["after"]:
             self.close()  # (a value the open group's loop completes cannot be read in that loop)
         if copy and self._before(args[0]):
@@ -599,7 +602,8 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 later.append(e)
                 if e[4] in mine and e[4] not in outs:
                     outs.append(e[4])  # (a copy member shares its member's buffer: see aliases)
-            G["epi"] = [e for e in G["epi"] if not any(e is f for f in later)]
+            kept = {id(e) for e in later}
+            G["epi"] = [e for e in G["epi"] if id(e) not in kept]
         aliases = [s for s in outs if s in share]
         outs = [s for s in outs if s not in share]
         outs += [r for r in dict.fromkeys(share[s] for s in aliases) if r not in outs]
@@ -765,11 +769,10 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 self.lines[j] = ""
             self.ws_bufs.pop(self.loc[s].buf, None)
             del self.seg_src[s]
-        cuts = {0, n} | {st for _, _, pieces in found.values() for st, _, _ in pieces}
-        cuts |= {min(max(c, 0), n) for ws, _ in windows.values() for off, m, _ in ws for c in (off, off + m)}
-        cuts = sorted(cuts)
+        spans = [(st, m) for _, _, pieces in found.values() for st, m, _ in pieces]
+        spans += [(off, m) for ws, _ in windows.values() for off, m, _ in ws]
         segs = []
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for a, b, _ in segments(spans, 0, n):
             over = {}
             for s, (_, _, pieces) in found.items():
                 st, _, lc = next(p for p in pieces if p[0] <= a < p[0] + p[1])

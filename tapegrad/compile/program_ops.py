@@ -597,7 +597,7 @@ class OpTemplates:
             if cnt is None:
                 raise Unsupported("mean over an empty axis")
             scale = _lit(cnt, self.dtypes[o])
-        elif self.dtypes[g] == self.dtypes[o] and (g not in self.tree_root or g in self.tree_done):
+        elif self.dtypes[g] == self.dtypes[o] and self._final(g):
             # a view with stride 0 on the broadcast axes: the loops that read it read g (a softmax gradient's
             # row sums broadcast over a 2048 x 100 matrix were two passes writing the matrix)
             self.loc[o] = (_Loc(oshape, lit=lg.lit) if lg.lit is not None
@@ -654,7 +654,7 @@ class OpTemplates:
             st = lx.strides[0]
             pieces = [(0, r, _Loc((r,), buf=lx.buf, off=_off_add(lx.off, (n - r) * st), strides=(st,))),
                       (r, n - r, _Loc((n - r,), buf=lx.buf, off=lx.off, strides=(st,)))]
-            self._join_pieces(o, [p for p in pieces if p[1]], x not in self.tree_root or x in self.tree_done)
+            self._join_pieces(o, [p for p in pieces if p[1]], self._final(x))
             return
         buf = self.fresh(o)
         if n == 0:
@@ -708,7 +708,7 @@ class OpTemplates:
                     pieces.append((start, lx.shape[0], lx))
                 start += lx.shape[0]
             if pieces:
-                self._join_pieces(o, pieces, all(x not in self.tree_root or x in self.tree_done for x in args))
+                self._join_pieces(o, pieces, all(self._final(x) for x in args))
                 return
         buf = self.fresh(o)
         ost = row_major(shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tapegrad.tape.format import Tape
+from tapegrad.tape.format import Tape, csr_rows
 from tapegrad.tape.fuse import _member
 
 CONE_MAX = 8  # instructions in one cone (the reduction and the elementwise ones feeding it)
@@ -38,8 +38,8 @@ def eager_order(tape, shapes, dtypes, skip=frozenset()):
         for s in tape.instr_outs(k):
             producer[int(s)] = k
     pinned = {int(s) for s in tape.output_slots} | {int(s) for s in tape.update_slots}
-    in_cone = {}  # instruction -> the reduction whose cone it is in
-    cones = []  # (reduction, members in tape order)
+    in_cone = set()  # instructions in a cone
+    cones = []  # the instructions of each cone, in tape order
     for r in range(n):
         if r in skip or r in in_cone:
             continue
@@ -60,12 +60,11 @@ def eager_order(tape, shapes, dtypes, skip=frozenset()):
                 continue
             members.add(p)
             stack.extend(int(a) for a in tape.instr_args(p))
-        for m in members:
-            in_cone[m] = r
-        cones.append((r, sorted(members)))
+        in_cone |= members
+        cones.append(sorted(members))
     attach = {}  # instruction -> cones placed right after it (-1: at the start)
     moved = False
-    for r, members in cones:
+    for members in cones:
         mset = set(members)
         need = [producer[int(s)] for m in members for s in tape.instr_args(m)
                 if int(s) in producer and producer[int(s)] not in mset]
@@ -74,8 +73,7 @@ def eager_order(tape, shapes, dtypes, skip=frozenset()):
             moved = moved or anchor < members[0] - 1
             attach.setdefault(anchor, []).append(members)
         else:
-            for m in members:
-                del in_cone[m]
+            in_cone -= mset
     if not moved:
         return None
     order = []
@@ -98,16 +96,10 @@ def eager_order(tape, shapes, dtypes, skip=frozenset()):
 
 def permuted(tape, order):
     """``tape`` with its instructions in ``order`` (slots unchanged)."""
-    def csr(ptr, flat):
-        parts = [flat[ptr[k]:ptr[k + 1]] for k in order]
-        p = np.zeros(len(order) + 1, np.int64)
-        p[1:] = np.cumsum([len(x) for x in parts])
-        return p, (np.concatenate(parts) if parts else flat[:0])
-
-    arg_ptr, args = csr(tape.arg_ptr, tape.args)
-    out_ptr, outs = csr(tape.out_ptr, tape.outs)
-    ip_ptr, iparams = csr(tape.ip_ptr, tape.iparams)
-    fp_ptr, fparams = csr(tape.fp_ptr, tape.fparams)
+    arg_ptr, args = csr_rows(tape.arg_ptr, tape.args, order)
+    out_ptr, outs = csr_rows(tape.out_ptr, tape.outs, order)
+    ip_ptr, iparams = csr_rows(tape.ip_ptr, tape.iparams, order)
+    fp_ptr, fparams = csr_rows(tape.fp_ptr, tape.fparams, order)
     return Tape(
         codes=tape.codes[order], arg_ptr=arg_ptr, args=args, out_ptr=out_ptr, outs=outs, ip_ptr=ip_ptr,
         iparams=iparams, fp_ptr=fp_ptr, fparams=fparams, slot_dtype=tape.slot_dtype, slot_ndim=tape.slot_ndim,

@@ -54,6 +54,17 @@ _ARRAY_FIELDS = (
 )
 
 
+def csr_rows(ptr, flat, rows, remap=None):
+    """``(ptr, flat)`` of the CSR rows ``rows`` (in that order) of ``(ptr, flat)``, each element passed through
+    ``remap`` when given (sub-tapes and reordered tapes)."""
+    parts = [flat[ptr[k]:ptr[k + 1]] for k in rows]
+    if remap is not None:
+        parts = [np.array([remap(x) for x in part], flat.dtype) for part in parts]
+    p = np.zeros(len(rows) + 1, np.int64)
+    p[1:] = np.cumsum([len(x) for x in parts])
+    return p, (np.concatenate(parts) if parts else flat[:0])
+
+
 @dataclass
 class Tape:
     codes: np.ndarray
