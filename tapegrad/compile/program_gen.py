@@ -14,12 +14,13 @@ from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
 from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PF_WORK, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
                                          _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
                                          _read_strides, _sum_like_strides, element_work, par_chunks, place_workspace)
+from tapegrad.compile.program_groups import GroupTemplates
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
 from tapegrad.compile.program_rows import RowTemplates
 from tapegrad.compile.program_trees import TreeTemplates
-from tapegrad.compile.program_windows import WindowTemplates, segments
+from tapegrad.compile.program_windows import WindowTemplates
 from tapegrad.compile.threads import program_threads
 from tapegrad.compile.vmath import HUGE_MIN
 from tapegrad.ops.elemwise import _IMPLS
@@ -36,7 +37,8 @@ def _alloc_src(n, dt, zero=False):
     return f"np.{'zeros' if zero else 'empty'}({n}, np.{dt})"
 
 
-class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTemplates, RowTemplates):
+class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTemplates,
+           RowTemplates):
     """Source generator for one tape at one shape signature."""
 
     def __init__(self, tape, shapes, dtypes, values, const_instrs, node):
@@ -295,51 +297,9 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                     and self.shapes[int(a[0])] == self.shapes[int(o[0])]
                     and self.dtypes[int(a[0])] == self.dtypes[int(o[0])]):
                 self.result_like.add(int(a[0]))
-        root = {}  # slot -> its tree's root slot
-        members = {}  # root -> slots of the tree
-        dense = {}  # add slot -> the full-shape value it adds to its tree's buffer
-        for k in range(len(tape)):
-            if k in self.const_instrs:
-                continue
-            (o,) = tape.instr_outs(k) if len(tape.instr_outs(k)) == 1 else (None,)
-            if o is None:
-                continue
-            o = int(o)
-            if names[k] == "SUBTENSOR_SCATTER" and len(tape.instr_args(k)) == 2:
-                root[o] = o
-                members[o] = [o]
-            elif names[k] == "ADD":
-                a, b = (int(s) for s in tape.instr_args(k))
-                if (a == b or any(len(self.readers.get(s, ())) != 1 or s in self.pinned for s in (a, b))
-                        or not self.shapes[a] == self.shapes[b] == self.shapes[o]
-                        or not self.dtypes[a] == self.dtypes[b] == self.dtypes[o]
-                        or self.dtypes[o] not in ("float64", "float32")):
-                    continue
-                if a in root and b in root and root[a] == a and root[b] == b:
-                    ms = members.pop(a) + members.pop(b) + [o]
-                elif (a in root) != (b in root) and root.get(a, root.get(b)) in (a, b):
-                    # a tree plus a value of the full shape (the gradient of ``u`` where ``u`` is also read
-                    # through slices): the value is one more ``+=`` into the tree's buffer, a dense leaf
-                    r, d = (a, b) if a in root else (b, a)
-                    ms = members.pop(r) + [o]
-                    dense[o] = d
-                else:
-                    continue
-                for s in ms:
-                    root[s] = o
-                members[o] = ms
-        self.tree_root = {s: r for s, r in root.items() if len(members[r]) > 1}
-        self.tree_dense = {o: d for o, d in dense.items() if o in self.tree_root}
-        self.tree_started = set()  # roots whose buffer exists (zero-filled)
-        self.tree_done = set()  # roots whose last write has been placed (their buffer holds the tree's value)
-        self.tree_zero_at = {}  # tree buffer -> index in self.lines of its zero fill
+        self._find_trees(names)
 
     # ------------------------------------------------------------------ placement
-    def _final(self, s):
-        """Slot ``s``'s buffer holds its final value: it is not a partial sum of an accumulation tree (whose root
-        is complete only after its last write)."""
-        return s not in self.tree_root or s in self.tree_done
-
     def _before(self, s):
         """Slot ``s`` has its value before the open group's loop runs."""
         G = self.G
@@ -740,48 +700,6 @@ class _Gen(OpTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTe
                 _, buf, x, ws, dt, scale, _o = e
                 self.emit(f"    for i in range(len({buf})):")
                 self.emit(f"        {buf}[i] = {buf}[i] / np.{dt}({float(scale)!r})")
-
-    def _segmented_reads(self, G, ext, loop, members, windows):
-        """Segments ``(a, b, {slot: loc}, {tree buffer: indices of its windows})`` of the open group's flat 1-d
-        loop when some of its external operands are 1-d joins or rolls (``seg_src``) that only this loop reads,
-        or when it adds the windows of accumulation trees (``windows``).  In each segment such an operand is read
-        in place from the window that covers it (``concatenate([u[:1], u[:-1]])`` of a stencil is ``u[i - 1]``
-        past its first element), and the copy emitted for it is dropped; a tree's store adds the windows that
-        cover the segment.  None when there is nothing to segment."""
-        if self.prefix or len(loop.shape) != 1 or not loop.flat or not loop.shape[0]:
-            return None
-        ks = {m.k for m in members} | G["absorbed"] | self.lit_instrs
-        found = {}
-        for s in ext:
-            src = self.seg_src.get(s)
-            if src is None or s in self.pinned or any(r not in ks for r in self.value_readers.get(s, ())):
-                continue
-            at, text, pieces = src
-            if tuple(self.lines[at:at + len(text)]) != text or any(
-                    lc.lit is None and (isinstance(lc.off, str) or lc.strides[0] != 1) for _, _, lc in pieces):
-                continue
-            found[s] = src
-        if not found and not windows:
-            return None
-        n = loop.shape[0]
-        for s, (at, text, _) in found.items():  # the copy (and its buffer) go: nothing else reads them
-            for j in range(at, at + len(text)):
-                self.lines[j] = ""
-            self.ws_bufs.pop(self.loc[s].buf, None)
-            del self.seg_src[s]
-        spans = [(st, m) for _, _, pieces in found.values() for st, m, _ in pieces]
-        spans += [(off, m) for ws, _ in windows.values() for off, m, _ in ws]
-        segs = []
-        for a, b, _ in segments(spans, 0, n):
-            over = {}
-            for s, (_, _, pieces) in found.items():
-                st, _, lc = next(p for p in pieces if p[0] <= a < p[0] + p[1])
-                over[s] = (_Loc((n,), lit=lc.lit) if lc.lit is not None
-                           else _Loc((n,), buf=lc.buf, off=lc.off - st, strides=(1,)))
-            active = {buf: [j for j, (off, m, _) in enumerate(ws) if off <= a and b <= off + m]
-                      for buf, (ws, _) in windows.items()}
-            segs.append((a, b, over, active))
-        return segs
 
     def _streams(self, ext, shape):
         """The arrays a flat loop over ``shape`` reads along it at unit stride, as ``(buffer, offset)`` (the lowest

@@ -1,5 +1,5 @@
 """Program-tier placement of accumulation trees (``add`` nodes over zero-based scatters, the adjoint of slices, and
-their dense leaves; found by ``_Gen._analyse``): the buffer each write goes to, its deferred zero fill, and the
+their dense leaves; found by ``_find_trees``): the buffer each write goes to, its deferred zero fill, and the
 1-d writes kept until the tree's root and added in one pass (a mixin of :class:`tapegrad.compile.program_gen._Gen`)."""
 
 from __future__ import annotations
@@ -12,8 +12,57 @@ from tapegrad.compile.program_windows import segments
 
 
 class TreeTemplates:
-    """Where writes into an accumulation tree go (``_write_target``), its adds (``_tree_add``) and the one-pass
-    window sums (``_tree_defer``, ``_tree_flush``)."""
+    """Which adds form accumulation trees (``_find_trees``, ``_final``), where writes into a tree go
+    (``_write_target``), its adds (``_tree_add``) and the one-pass window sums (``_tree_defer``, ``_tree_flush``)."""
+
+    def _find_trees(self, names):
+        """Accumulation trees (called by ``_analyse``, with the op name of each instruction): ``add`` nodes over
+        zero-based scatters whose every partial value is read once, so all of them can add into the root's
+        buffer; sets ``tree_root``, ``tree_dense`` and the placement state."""
+        tape = self.tape
+        root = {}  # slot -> its tree's root slot
+        members = {}  # root -> slots of the tree
+        dense = {}  # add slot -> the full-shape value it adds to its tree's buffer
+        for k in range(len(tape)):
+            if k in self.const_instrs:
+                continue
+            (o,) = tape.instr_outs(k) if len(tape.instr_outs(k)) == 1 else (None,)
+            if o is None:
+                continue
+            o = int(o)
+            if names[k] == "SUBTENSOR_SCATTER" and len(tape.instr_args(k)) == 2:
+                root[o] = o
+                members[o] = [o]
+            elif names[k] == "ADD":
+                a, b = (int(s) for s in tape.instr_args(k))
+                if (a == b or any(len(self.readers.get(s, ())) != 1 or s in self.pinned for s in (a, b))
+                        or not self.shapes[a] == self.shapes[b] == self.shapes[o]
+                        or not self.dtypes[a] == self.dtypes[b] == self.dtypes[o]
+                        or self.dtypes[o] not in ("float64", "float32")):
+                    continue
+                if a in root and b in root and root[a] == a and root[b] == b:
+                    ms = members.pop(a) + members.pop(b) + [o]
+                elif (a in root) != (b in root) and root.get(a, root.get(b)) in (a, b):
+                    # a tree plus a value of the full shape (the gradient of ``u`` where ``u`` is also read
+                    # through slices): the value is one more ``+=`` into the tree's buffer, a dense leaf
+                    r, d = (a, b) if a in root else (b, a)
+                    ms = members.pop(r) + [o]
+                    dense[o] = d
+                else:
+                    continue
+                for s in ms:
+                    root[s] = o
+                members[o] = ms
+        self.tree_root = {s: r for s, r in root.items() if len(members[r]) > 1}
+        self.tree_dense = {o: d for o, d in dense.items() if o in self.tree_root}
+        self.tree_started = set()  # roots whose buffer exists (zero-filled)
+        self.tree_done = set()  # roots whose last write has been placed (their buffer holds the tree's value)
+        self.tree_zero_at = {}  # tree buffer -> index in self.lines of its zero fill
+
+    def _final(self, s):
+        """Slot ``s``'s buffer holds its final value: it is not a partial sum of an accumulation tree (whose root
+        is complete only after its last write)."""
+        return s not in self.tree_root or s in self.tree_done
 
     def _write_target(self, k, name, x, o, in_group=False):
         """``(buffer, "=" or "+=")`` a basic-index write of instruction ``k`` writes into (its own fresh

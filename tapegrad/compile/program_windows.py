@@ -1,10 +1,11 @@
-"""Program-tier code for groups that write one 1-d buffer at several shifted windows (the adjoint of ``x[1:]``,
-``x[:-1]``, ...): evaluated per output position, segment by segment (a mixin of
-:class:`tapegrad.compile.program_gen._Gen`)."""
+"""Program-tier segmented loops (a mixin of :class:`tapegrad.compile.program_gen._Gen`): groups that write one 1-d
+buffer at several shifted windows (the adjoint of ``x[1:]``, ``x[:-1]``, ...), evaluated per output position,
+segment by segment; and flat loops that read 1-d joins in place or add accumulation trees' windows, segment by
+segment between the pieces' and windows' edges."""
 
 from __future__ import annotations
 
-from tapegrad.compile.program_ir import _off_add, loop_range
+from tapegrad.compile.program_ir import _Loc, _off_add, loop_range
 
 
 def segments(spans, lo, hi):
@@ -17,7 +18,8 @@ def segments(spans, lo, hi):
 
 
 class WindowTemplates:
-    """``_shifted_plan`` (does a fused group qualify) and ``_emit_shifted`` (its segments)."""
+    """``_shifted_plan`` (does a fused group qualify) and ``_emit_shifted`` (its segments); ``_segmented_reads``
+    (the segments of a loop that reads joins in place or adds trees' windows)."""
 
     def _shifted_plan(self, G, loop, shape, size, direct, deferred):
         """When every write of the group goes to one 1-d buffer at several unit-stride windows (the adjoint
@@ -104,3 +106,45 @@ class WindowTemplates:
                 vals += [_convert(tn[e[4]], self.dtypes[e[4]], e[6]) for e in writes[w]]
                 loop.var = "i"
             self.emit(f"{ind}{buf}[{'nn(p)' if loop.par or loop.split else 'p'}] {'=' if assign else '+='} {' + '.join(vals)}")
+
+    def _segmented_reads(self, G, ext, loop, members, windows):
+        """Segments ``(a, b, {slot: loc}, {tree buffer: indices of its windows})`` of the open group's flat 1-d
+        loop when some of its external operands are 1-d joins or rolls (``seg_src``) that only this loop reads,
+        or when it adds the windows of accumulation trees (``windows``).  In each segment such an operand is read
+        in place from the window that covers it (``concatenate([u[:1], u[:-1]])`` of a stencil is ``u[i - 1]``
+        past its first element), and the copy emitted for it is dropped; a tree's store adds the windows that
+        cover the segment.  None when there is nothing to segment."""
+        if self.prefix or len(loop.shape) != 1 or not loop.flat or not loop.shape[0]:
+            return None
+        ks = {m.k for m in members} | G["absorbed"] | self.lit_instrs
+        found = {}
+        for s in ext:
+            src = self.seg_src.get(s)
+            if src is None or s in self.pinned or any(r not in ks for r in self.value_readers.get(s, ())):
+                continue
+            at, text, pieces = src
+            if tuple(self.lines[at:at + len(text)]) != text or any(
+                    lc.lit is None and (isinstance(lc.off, str) or lc.strides[0] != 1) for _, _, lc in pieces):
+                continue
+            found[s] = src
+        if not found and not windows:
+            return None
+        n = loop.shape[0]
+        for s, (at, text, _) in found.items():  # the copy (and its buffer) go: nothing else reads them
+            for j in range(at, at + len(text)):
+                self.lines[j] = ""
+            self.ws_bufs.pop(self.loc[s].buf, None)
+            del self.seg_src[s]
+        spans = [(st, m) for _, _, pieces in found.values() for st, m, _ in pieces]
+        spans += [(off, m) for ws, _ in windows.values() for off, m, _ in ws]
+        segs = []
+        for a, b, _ in segments(spans, 0, n):
+            over = {}
+            for s, (_, _, pieces) in found.items():
+                st, _, lc = next(p for p in pieces if p[0] <= a < p[0] + p[1])
+                over[s] = (_Loc((n,), lit=lc.lit) if lc.lit is not None
+                           else _Loc((n,), buf=lc.buf, off=lc.off - st, strides=(1,)))
+            active = {buf: [j for j, (off, m, _) in enumerate(ws) if off <= a and b <= off + m]
+                      for buf, (ws, _) in windows.items()}
+            segs.append((a, b, over, active))
+        return segs
