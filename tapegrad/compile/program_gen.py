@@ -18,6 +18,7 @@ from tapegrad.compile.program_groups import GroupTemplates
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
 from tapegrad.compile.program_products import ProductTemplates
+from tapegrad.compile.program_remat import RematTemplates
 from tapegrad.compile.program_rows import RowTemplates
 from tapegrad.compile.program_trees import TreeTemplates
 from tapegrad.compile.program_windows import WindowTemplates
@@ -38,7 +39,7 @@ def _alloc_src(n, dt, zero=False):
 
 
 class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowTemplates, TreeTemplates,
-           RowTemplates):
+           RowTemplates, RematTemplates):
     """Source generator for one tape at one shape signature."""
 
     def __init__(self, tape, shapes, dtypes, values, const_instrs, node):
@@ -73,6 +74,8 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
         self.region_skip = set()  # instructions of row regions (placed with their region)
         self.row_regions = True  # look for row regions (program_rows)
         self.seg_src = {}  # 1-d join/roll slot -> (first line, its lines, windows): see _segmented_reads
+        self.remat = {}  # buffer -> (source of its element j, indices of its store lines): see program_remat
+        self._remat_open = {}  # the closing group's candidates: buffer -> plan; their store lines
 
     # ------------------------------------------------------------------ helpers
     def emit(self, line):
@@ -151,7 +154,9 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
         src = loc.lit if loc.lit is not None else None
         if src is None:
             st = _read_strides(loc, loop.shape) if strides is None else strides
-            src = f"{loc.buf}[{loop.index(loc.off, st)}]"
+            idx = loop.index(loc.off, st)
+            src = self._remat_src(loc.buf, idx) if loc.buf in self.remat else None
+            src = src or f"{loc.buf}[{idx}]"
         if as_dt is not None:
             from tapegrad.compile.fused import _convert
 
@@ -195,6 +200,7 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
             # 0-d results come back as scalars (boxing a 0-d array costs a microsecond): the caller wraps them
             outs.append(f"{src}[0]" if self.shapes[s] == () else f"{src}.reshape({self.shapes[s]!r})")
         self.lines.append("    return (" + "".join(o + ", " for o in outs) + ")")
+        self._remat_drop()
         self.lines = [line for line in self.lines if line]  # (lines dropped after their emission are blank)
         self.ws_sizes = place_workspace(self.lines, self.ws_bufs)
         self.parallel = any(" in prange(" in line for line in self.lines)
@@ -572,6 +578,7 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
         for s in aliases:
             r = self.loc[share[s]]
             self.loc[s] = _Loc(r.shape, buf=r.buf, owned=True)
+        self._remat_open = {buf: (plan, []) for buf, plan in self._remat_plan(members, ext, shape, outs).items()}
         for line in G["pre"]:
             self.emit(line)
         op_strides = [self.strides_for(s, shape) for s in ext] + [list(row_major(shape))]
@@ -665,6 +672,8 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
                     self.emit(f"{ind}{buf}[{loop.out_index()}] {'=' if assign else '+='} {' + '.join(terms)}")
 
             segs = None if rows else self._segmented_reads(G, ext, loop, members, windows)
+            if segs or not loop.flat:  # (an operand read in place per segment: no one recomputation)
+                self._remat_open = {}
             if rows:
                 ind_row = loop.open(self.emit, "    ", levels=len(loop.dims) - 1)
                 for e in G["epi"]:
@@ -683,6 +692,11 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
                 self.loc.update(saved)
             else:
                 body(loop.open(self.emit, "    "))
+        if shifted is None:
+            for buf, (plan, stores) in self._remat_open.items():
+                if stores:
+                    self.remat[buf] = (self._remat_fn(plan), stores, plan)
+        self._remat_open = {}
         for e in later:
             if not self._tree_defer(e[1], 0, shape, e[4], e[6]):
                 raise AssertionError("a kept dense leaf is a plain 1-d buffer")
@@ -712,9 +726,10 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
             loc = self.loc[s]
             if loc.lit is not None or not loc.buf or self.strides_for(s, shape) != rm:
                 continue
-            old = found.get(loc.buf)
-            if old is None or (isinstance(loc.off, int) and isinstance(old[0], int) and loc.off < old[0]):
-                found[loc.buf] = (loc.off, np.dtype(self.dtypes[s]).itemsize)
+            buf, off = self._remat_stream(loc.buf, loc.off) if loc.buf in self.remat else (loc.buf, loc.off)
+            old = found.get(buf)
+            if old is None or (isinstance(off, int) and isinstance(old[0], int) and off < old[0]):
+                found[buf] = (off, np.dtype(self.dtypes[s]).itemsize)
         arg = [b for b in found if b[:1] in "xh" and b[1:].isdigit()]
         order = arg + [b for b in found if b not in arg]
         if not order:
@@ -730,6 +745,8 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
         oi = loop.out_index()
         for s in outs:
             self.emit(f"{ind}{self.loc[s].buf}[{oi}] = {tn[s]}")
+            if self.loc[s].buf in self._remat_open:
+                self._remat_open[self.loc[s].buf][1].append(len(self.lines) - 1)
         for e in G["epi"]:
             if e[0] == "acc":
                 _, acc, x, acc_dt, buf, scale, dt, _o = e
@@ -743,7 +760,7 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
     def _emit_eval(self, ind, loop, members, ext):
         """Emit the loads of ``ext`` and the scalar expressions of ``members`` at the loop's position;
         returns slot -> source of its value."""
-        from tapegrad.compile.fused import _convert, _result, member_source
+        from tapegrad.compile.fused import _convert
 
         tn = {}
         for s in ext:
@@ -755,18 +772,21 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
                 tn[s] = v
         for m in members:
             ops = [_convert(tn[s], self.dtypes[s], ld) for s, ld in zip(m.data_args, m.load_dtypes)]
-            if m.kind == "dot":
-                src = self._dot_member_source(m, loop)
-            elif m.kind == "ew" and m.spec.name == "azmul" and self._azmul_is_product(m.data_args):
-                # azmul(a, b) = (a == 0 ? 0 : a * b) is a plain product (up to the sign of a zero) when a is a
-                # nonzero literal or b a finite literal; the multiply vectorises where the branch does not
-                src = _result(f"({ops[0]}) * ({ops[1]})", m.out_dtype)
-            else:
-                src, _ = member_source(m.kind, m.code, ops, m.load_dtypes, m.out_dtype, m.special)
+            src = self._dot_member_source(m, loop) if m.kind == "dot" else self._member_src(m, ops)
             v = self.tmp("t")
             self.emit(f"{ind}{v} = {src}")
             tn[m.out] = v
         return tn
+
+    def _member_src(self, m, ops):
+        """Source of elementwise (or copy) member ``m``'s value from its operands' sources ``ops``."""
+        from tapegrad.compile.fused import _result, member_source
+
+        if m.kind == "ew" and m.spec.name == "azmul" and self._azmul_is_product(m.data_args):
+            # azmul(a, b) = (a == 0 ? 0 : a * b) is a plain product (up to the sign of a zero) when a is a
+            # nonzero literal or b a finite literal; the multiply vectorises where the branch does not
+            return _result(f"({ops[0]}) * ({ops[1]})", m.out_dtype)
+        return member_source(m.kind, m.code, ops, m.load_dtypes, m.out_dtype, m.special)[0]
 
     def _literal_value(self, s):
         loc = self.loc.get(s)

@@ -141,7 +141,8 @@ class TreeTemplates:
 
         def src(p, ly=ly, st=st, off=off, wrap=False):
             at = _off_add(ly.off, f"({p} - {off}) * {st}")
-            return _convert(f"{ly.buf}[{f'nn({at})' if wrap else at}]", self.dtypes[y], dt)
+            at = f"nn({at})" if wrap else at
+            return _convert(self._remat_src(ly.buf, at) or f"{ly.buf}[{at}]", self.dtypes[y], dt)
 
         self.tree_pending.setdefault(buf, []).append((off, shape[0], src))
         return True
