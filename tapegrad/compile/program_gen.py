@@ -13,7 +13,8 @@ import numpy as np
 from tapegrad.compile.kernels.steps import _subtensor_layout, row_major
 from tapegrad.compile.program_ir import (MAX_INSTRUCTIONS, PF_WORK, PROGRAM_VERSION, WS_MIN, _ACC, _WS_MARK, Unsupported,
                                          _axis_strides, _fastmath_src, _lit, _Loc, _Loop, _mean_count,
-                                         _read_strides, _sum_like_strides, element_work, par_chunks, place_workspace)
+                                         _read_strides, _sum_like_strides, element_work, par_chunks, place_workspace,
+                                         reassoc_sums)
 from tapegrad.compile.program_groups import GroupTemplates
 from tapegrad.compile.program_loops import LoopTemplates
 from tapegrad.compile.program_ops import OpTemplates
@@ -201,7 +202,7 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
             outs.append(f"{src}[0]" if self.shapes[s] == () else f"{src}.reshape({self.shapes[s]!r})")
         self.lines.append("    return (" + "".join(o + ", " for o in outs) + ")")
         self._remat_drop()
-        self.lines = [line for line in self.lines if line]  # (lines dropped after their emission are blank)
+        self.lines = reassoc_sums([line for line in self.lines if line])  # (dropped lines are blank)
         self.ws_sizes = place_workspace(self.lines, self.ws_bufs)
         self.parallel = any(" in prange(" in line for line in self.lines)
         self.params += [f"w_{dt}" for dt in sorted(self.ws_sizes)]

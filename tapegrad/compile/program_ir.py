@@ -20,13 +20,68 @@ _WS_MARK = "__workspace__."  # placeholder of a workspace window until offsets a
 _ACC = {"float32": "float64"}  # accumulate sums of these dtypes in a wider type
 
 
-# LLVM may reassociate floating-point additions and multiplications (so sums vectorise); no flag lets it
-# assume away NaN, inf or signed zeros, so ``x * 0``, ``x - x`` and the absolute-zero multiply stay IEEE.
-FASTMATH = {"reassoc"}
+# No fast-math flag for the whole function: LLVM with ``reassoc`` on every operation turned ``x / x * y`` into
+# ``x * y / x`` (0 instead of 1e-200) and ``x * 2 / 2`` into ``x`` (1e308 instead of inf).  Only the additions of
+# sums carry ``reassoc`` (``radd``, placed by ``reassoc_sums``), so they still vectorise; no flag anywhere lets
+# LLVM assume away NaN, inf or signed zeros, so ``x * 0``, ``x - x`` and the absolute-zero multiply stay IEEE.
+FASTMATH = set()
 
 
 def _fastmath_src():
     return "{" + ", ".join(repr(f) for f in sorted(FASTMATH)) + "}" if FASTMATH else "False"
+
+
+_ACC_LINE = re.compile(r"^(\s+)(\S.*?) \+= (.+)$")
+_PRANGE = re.compile(r"^(\s*)for \w+ in prange\(")
+
+
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def reassoc_sums(lines):
+    """The generated lines with every accumulation ``x += v`` (a local sum, or an element summed in memory)
+    written ``x = radd(x, v)``: the one addition that may be reassociated (see ``FASTMATH``).  A local sum
+    inside a ``prange`` loop first becomes a sum local to the chunk, added to the outer one once per chunk
+    with ``+=``, which Numba's parallel reduction needs to see."""
+    out = list(lines)
+    keep = set()  # ids of the per-chunk ``s += s_c`` lines: parfor reductions, left as they are
+    j = 0
+    while j < len(out):
+        m = _PRANGE.match(out[j])
+        if m is None:
+            j += 1
+            continue
+        ind = _indent(out[j])
+        end = j + 1
+        while end < len(out) and (not out[end].strip() or _indent(out[end]) > ind):
+            end += 1
+        block = out[j + 1:end]
+        names = []
+        for line in block:
+            a = _ACC_LINE.match(line)
+            if a and re.fullmatch(r"[A-Za-z_]\w*", a.group(2)) and a.group(2) not in names:
+                names.append(a.group(2))
+        head, tail = [], []
+        for name in names:
+            if any(re.match(rf"^\s+{name} = ", line) for line in block):
+                continue
+            init = next((re.match(rf"^\s+{name} = (.+)$", line) for line in reversed(out[:j])
+                         if re.match(rf"^\s+{name} = (.+)$", line)), None)
+            if init is None:
+                continue
+            local = f"{name}_c"
+            block = [re.sub(rf"^(\s+){name} \+= ", rf"\g<1>{local} += ", line) for line in block]
+            head.append(f"{' ' * (ind + 4)}{local} = {init.group(1)}")
+            tail.append(f"{' ' * (ind + 4)}{name} += {local}")
+        keep.update(tail)
+        out[j + 1:end] = head + block + tail
+        j = j + 1 + len(head) + len(block) + len(tail)
+    for k, line in enumerate(out):
+        a = _ACC_LINE.match(line)
+        if a and line not in keep:
+            out[k] = f"{a.group(1)}{a.group(2)} = radd({a.group(2)}, {a.group(3)})"
+    return out
 
 
 class Unsupported(Exception):

@@ -108,6 +108,30 @@ def v_tanh(x):
 
 
 @intrinsic
+def radd(typingctx, a, b):
+    """``a + b``, a float sum with LLVM's ``reassoc`` flag on that one addition (an integer one plain).
+    Programs compile without fast-math flags, so nothing else in them is reassociated (``x / x * y`` stays
+    ``(x / x) * y``); their sums are written ``s = radd(s, v)`` (``reassoc_sums``), and a loop-carried sum
+    whose additions may be reassociated is one LLVM vectorises.  The result has the promoted type of
+    ``a`` and ``b``, as ``a + b`` would."""
+    a_, b_ = types.unliteral(a), types.unliteral(b)
+    if not all(isinstance(t, (types.Float, types.Integer)) for t in (a_, b_)):
+        return None
+    res = typingctx.unify_types(a_, b_)
+    if not isinstance(res, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x = context.cast(builder, args[0], a_, res)
+        y = context.cast(builder, args[1], b_, res)
+        if isinstance(res, types.Float):
+            return builder.fadd(x, y, flags=("reassoc",))
+        return builder.add(x, y)
+
+    return res(a, b), codegen
+
+
+@intrinsic
 def nn(typingctx, x):
     """``x``, with LLVM told it is not negative.  An index of a chunk of a ``prange`` loop (whose bounds come
     from the parallel scheduler) is otherwise not known to be, and the wraparound Numba emits for a negative

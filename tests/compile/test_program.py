@@ -9,6 +9,7 @@ the interpreter with the same results.
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_rosenbrock_grad_and_hvp(n):
     f = _run([x], [c, tg.grad(c, x)], xv)
     src = next(iter(f._engine._programs.values())).program.source
     # one pass over the gradient's positions (segments at the window edges), no temporary, no second loop
-    assert "] += w" not in src and src.count("for p in range(") == (2 if n == 2 else 3)
+    assert not re.search(r"\] (\+= |= radd\(.*, )w\d+\[", src) and src.count("for p in range(") == (2 if n == 2 else 3)
     _run([x, v], [tg.hessian_vector_product(c, x, v)], xv, vv)
 
 
@@ -504,7 +505,6 @@ def test_vectorised_azmul_has_the_bits_of_the_interpreters():
 def test_row_sums_in_a_loop_nest_add_up_in_a_local_scalar(dtype):
     """A partial sum that stays put along the innermost axis (softmax's row sums; a sum over axes 0 and 2)
     accumulates in a local scalar per row and is added to memory once a row, so the inner loop vectorises."""
-    import re
 
     X, T3 = tg.matrix("X", dtype=dtype), tg.tensor3("T", dtype=dtype)
     e = tg.exp(X - tg.max(X, axis=1, keepdims=True))
@@ -515,7 +515,7 @@ def test_row_sums_in_a_loop_nest_add_up_in_a_local_scalar(dtype):
     f = _run([X, T3], [sm, c, *tg.grad(c, [X, T3])], xv, tv)
     src = list(f._engine._programs.values())[0].program.source
     assert re.search(r"\n( +)r\d+ = np\.float(64|32)\(0\)\n\1for i\d+ in", src), src
-    assert re.search(r"\n +r\d+ \+= ", src)
+    assert re.search(r"\n +(r\d+) = radd\(\1, ", src)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -601,3 +601,24 @@ def test_products_with_a_diagonal_matrix_scale_instead_of_multiplying_by_zeros(d
         np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
         ok = np.isfinite(w)
         np.testing.assert_allclose(g[ok], w[ok], rtol=1e-6 if dtype == "float32" else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_products_and_quotients_are_not_reassociated(dtype):
+    """Programs compile without fast-math flags; only the additions of sums may be reassociated (``radd``).
+    With ``reassoc`` on every operation LLVM computed ``x / x * y`` as ``x * y / x`` (0 for 1e-200) and
+    ``x * 2 / 2`` as ``x`` (no overflow to inf)."""
+    x, y = tg.vector("x", dtype=dtype), tg.vector("y", dtype=dtype)
+    big = np.finfo(dtype).max
+    tiny = np.finfo(dtype).tiny
+    xv = np.array([tiny, big, np.sqrt(tiny), 2.0, big, 3.0, -0.0], dtype=dtype)
+    yv = np.array([tiny, big, np.sqrt(tiny), 3.0, 0.5, tiny / 4, 1.0], dtype=dtype)
+    outs = [x / x * y, x * 2.0 / 2.0, x / y * y, (x * y).sum()]
+    with np.errstate(all="ignore"):
+        want = [xv / xv * yv, xv * np.asarray(2.0, dtype) / np.asarray(2.0, dtype), xv / yv * yv]
+    f = _run([x, y], outs, xv, yv)
+    got = f(xv, yv)
+    for a, b in zip(got[:3], want):
+        np.testing.assert_array_equal(a, b)
+    src = next(iter(f._engine._programs.values())).program.source
+    assert "fastmath=False" in src and re.search(r"\n +(s\d+) = radd\(\1, ", src), src
