@@ -96,23 +96,30 @@ class TensorType(Type):
     def is_compatible_shape(self, shape) -> bool:
         return len(shape) == self.ndim and all(s is None or s == t for s, t in zip(self.shape, shape))
 
-    def filter(self, value, name="input"):
+    def filter(self, value, name="input", allow_downcast=None):
         """Convert ``value`` to an ndarray of this type or raise naming ``name``.
 
         Lists and scalars convert like ``np.asarray``.  Casting is allowed when
         it loses nothing: an int into a float input, float32 into float64, a
-        Python float into float32; float into int, or a float64 array into a
-        float32 input, raises ``TypeError``.
+        Python float into float32, a list whose values the cast keeps exactly;
+        float into int, or a float64 array into a float32 input, raises
+        ``TypeError``.  ``allow_downcast=True`` (Aesara's
+        ``allow_input_downcast``) casts any number as ``astype`` does.
         """
         if isinstance(value, Variable):
             raise TypeError(f"{name}: expected a value, got the symbolic variable {value}")
         arr = np.asarray(value)
-        if isinstance(value, (list, tuple)) and arr.dtype.kind == "f" and self.dtype in FLOAT_DTYPES:
-            cast = arr.astype(self.dtype)
-            if np.array_equal(cast, arr, equal_nan=True):
-                arr = cast  # Python floats that the cast keeps exactly (as Aesara accepts)
+        if (isinstance(value, (list, tuple)) and arr.dtype.kind in "fiu" and arr.dtype.name != self.dtype
+                and np.dtype(self.dtype).kind in ("f" if arr.dtype.kind == "f" else "iu")):
+            with np.errstate(all="ignore"):
+                cast = arr.astype(self.dtype)
+            if np.array_equal(cast, arr, equal_nan=arr.dtype.kind == "f"):
+                arr = cast  # Python numbers that the cast keeps exactly (as Aesara accepts)
         if arr.dtype == object:
             raise TypeError(f"{name}: cannot convert {type(value).__name__} to a {self.dtype} array")
+        if allow_downcast and arr.dtype.name != self.dtype and arr.dtype.kind in "biuf":
+            with np.errstate(all="ignore"):
+                arr = arr.astype(self.dtype)
         if arr.dtype.name != self.dtype:
             src = arr.dtype
             python_scalar = isinstance(value, numbers.Number) and not isinstance(value, np.generic)
@@ -474,16 +481,24 @@ class Constant(Variable):
 class SharedVariable(Variable):
     """A Variable whose value persists between function calls (``get_value``/``set_value``)."""
 
-    def __init__(self, type, value, name=None):
+    def __init__(self, type, value, name=None, borrow=False, strict=False, allow_downcast=None):
         super().__init__(type, name=name)
-        self._value = type.filter(value, name=name or "shared").copy()
+        self.strict, self.allow_downcast = bool(strict), allow_downcast
+        arr = type.filter(value, name=name or "shared", allow_downcast=allow_downcast)
+        self._value = arr if borrow and arr is value else arr.copy()
 
     def get_value(self, borrow=False):
         return self._value if borrow else self._value.copy()
 
     def set_value(self, value, borrow=False):
-        value = self.type.filter(value, name=self.name or "shared variable")
-        self._value = value if borrow else value.copy()
+        """Replace the value (converted like a function input; with ``strict=True`` only an ndarray of exactly
+        the variable's dtype is accepted).  ``borrow=True`` keeps ``value`` itself when it needs no conversion."""
+        label = self.name or "shared variable"
+        if self.strict and not (isinstance(value, np.ndarray) and value.dtype.name == self.type.dtype):
+            got = value.dtype.name if isinstance(value, np.ndarray) else type(value).__name__
+            raise TypeError(f"{label}: strict shared variable of dtype {self.type.dtype} got {got}")
+        arr = self.type.filter(value, name=label, allow_downcast=self.allow_downcast)
+        self._value = arr if borrow and arr is value else arr.copy()
 
     @property
     def value(self):
@@ -551,18 +566,21 @@ def _flat(seq):
             yield e
 
 
-def shared(value, name=None, dtype=None, shape=None):
-    """A :class:`SharedVariable` initialised with a copy of ``value``.
+def shared(value, name=None, dtype=None, shape=None, borrow=False, strict=False, allow_downcast=None):
+    """A :class:`SharedVariable` initialised with a copy of ``value`` (``borrow=True``: ``value`` itself when
+    it is already an ndarray of the variable's dtype, as Aesara may alias it).
 
     Its static shape is unknown in every dimension (``set_value`` may change
-    lengths) unless ``shape`` is given.
+    lengths) unless ``shape`` is given.  ``strict=True``: ``set_value`` takes only ndarrays of the variable's
+    dtype; ``allow_downcast=True``: ``set_value`` casts any number (Aesara's keywords).
     """
-    arr = np.asarray(value, dtype=dtype)
+    arr = value if borrow and isinstance(value, np.ndarray) and dtype is None else np.asarray(value, dtype=dtype)
     if arr.dtype.kind == "f" and arr.dtype.name not in FLOAT_DTYPES:
         arr = arr.astype("float64")
     if shape is None:
         shape = (None,) * arr.ndim
-    return SharedVariable(TensorType(arr.dtype, shape), arr, name=name)
+    return SharedVariable(TensorType(arr.dtype, shape), arr, name=name, borrow=borrow, strict=strict,
+                          allow_downcast=allow_downcast)
 
 
 def tensor(name=None, dtype=None, shape=None, ndim=None):

@@ -135,7 +135,8 @@ class Function:
     """
 
     def __init__(self, inputs, outputs, tape, single, device, name=None, tier=None, nan_guard=None,
-                 route="symbolic", route_notes=None):
+                 route="symbolic", route_notes=None, allow_input_downcast=None):
+        self.allow_input_downcast = allow_input_downcast
         self.route = route
         self.route_notes = dict(route_notes or {})
         self.inputs = list(inputs)
@@ -176,7 +177,7 @@ class Function:
             if self.device == "cuda" and hasattr(value, "__cuda_array_interface__"):
                 out.append(_check_device_array(value, typ, f"input {i} ({name})"))
             else:
-                out.append(typ.filter(value, name=f"input {i} ({name})"))
+                out.append(typ.filter(value, name=f"input {i} ({name})", allow_downcast=self.allow_input_downcast))
         return out
 
     def _count_message(self, got):
@@ -308,16 +309,21 @@ def _resolve_route(route):
     return route
 
 
-def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_input="raise", name=None,
-             tier=None, nan_guard=None, route=None):
+AESARA_MODES = ("FAST_RUN", "FAST_COMPILE", "DebugMode", "NanGuardMode", "JAX", "NUMBA", "C", "C|PY", "PY", "Mode")
+
+
+def function(inputs, outputs=None, updates=None, givens=None, device=None, on_unused_input="raise", name=None,
+             tier=None, nan_guard=None, route=None, mode=None, allow_input_downcast=None, no_default_updates=False,
+             accept_inplace=False, rebuild_strict=True, profile=None):
     """Compile ``outputs`` as a function of ``inputs``.
 
     Parameters
     ----------
     inputs : list of Variable
         Arguments in call order.
-    outputs : Variable or list/tuple of Variable
-        A single Variable gives one array per call, a list gives a list.
+    outputs : Variable or list/tuple of Variable, or None
+        A single Variable gives one array per call, a list gives a list; None (a function run for its
+        ``updates``) gives an empty list.
     updates : list of (SharedVariable, Variable) pairs, or dict
         New values of shared variables, applied after the outputs are
         computed (all read before any is written).
@@ -343,11 +349,29 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
         the sweep where it applies, the symbolic route elsewhere.  "symbolic": from their graphs.  "sweep":
         by adjoint/tangent sweeps over the primal tape; a derivative output the sweep cannot reproduce
         raises ``ValueError`` saying why.  ``Function.route`` says which route was taken.
+    mode : str, optional
+        Aesara's keyword: a device name (``"cpu"``, ``"python"``, ``"cuda"``) selects that device (when
+        ``device`` is not given); Aesara's mode names (``"FAST_RUN"``, ``"FAST_COMPILE"``, ``"NanGuardMode"``
+        ...) are accepted, and ``"NanGuardMode"`` turns ``nan_guard`` on.
+    allow_input_downcast : bool, optional
+        True: inputs of another numeric dtype are cast (``astype``) even when that loses precision, as in
+        Aesara.  None/False: only casts that lose nothing (see ``TensorType.filter``).
+    no_default_updates, accept_inplace, rebuild_strict, profile
+        Aesara's keywords, accepted for ported code; they change nothing here (tapegrad has no default updates
+        and no in-place graphs, rebuilds are strict, and there is no profiler).
 
     Returns
     -------
     Function
     """
+    if mode is not None:
+        if not isinstance(mode, str) or (mode not in DEVICES and mode not in AESARA_MODES):
+            raise ValueError(f"mode must be a device name ({', '.join(map(repr, DEVICES))}) or one of Aesara's "
+                             f"mode names ({', '.join(AESARA_MODES)}), got {mode!r}")
+        if mode in DEVICES and device is None:
+            device = mode
+        if mode == "NanGuardMode" and nan_guard is None:
+            nan_guard = True
     device = config.device if device is None else device
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid devices are {', '.join(map(repr, DEVICES))}")
@@ -361,7 +385,7 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
     if isinstance(inputs, Variable):
         raise TypeError("inputs must be a list of Variables (wrap a single input in a list)")
     inputs = list(inputs)
-    outs, single = _as_list(outputs)
+    outs, single = ([], False) if outputs is None else _as_list(outputs)
     outs = [o if isinstance(o, Variable) else as_tensor(o) for o in outs]
     upd = normalize_updates(updates)
     given = _normalize_givens(givens)
@@ -381,7 +405,7 @@ def function(inputs, outputs, updates=None, givens=None, device=None, on_unused_
             tape = build_tape(inputs, outs, upd)
     _check_unused(inputs, outs + [e for _, e in upd], on_unused_input)
     return Function(inputs, outs, tape, single, device, name=name, tier=tier, nan_guard=nan_guard,
-                    route=taken, route_notes=notes)
+                    route=taken, route_notes=notes, allow_input_downcast=allow_input_downcast)
 
 
 def _check_unused(inputs, roots, policy):

@@ -133,6 +133,15 @@ class Tape:
         return state
 
     def __str__(self):
+        """One instruction a line (``len(str(tape).splitlines()) == len(tape)``); :meth:`show` adds the inputs,
+        constants, shared variables, outputs and updates."""
+        from tapegrad.tape.show import format_tape
+
+        return format_tape(self, full=False)
+
+    def show(self):
+        """The whole tape as text: inputs, constants and shared variables, then the instructions (as ``str``),
+        then the outputs and updates."""
         from tapegrad.tape.show import format_tape
 
         return format_tape(self)

@@ -80,8 +80,11 @@ def format_instr(tape, k):
     return line
 
 
-def format_tape(tape):
-    """The tape as text: inputs, constants, shared variables, instructions, outputs, updates."""
+def format_tape(tape, full=True):
+    """The tape as text: inputs, constants, shared variables, instructions, outputs, updates; with ``full=False``
+    the instructions only, one a line (``str(tape)``: as many lines as ``len(tape)``)."""
+    if not full:
+        return "\n".join(format_instr(tape, k) for k in range(len(tape)))
     lines = []
     for s in tape.input_slots:
         lines.append(f"in     %{s}:{slot_type_str(tape, s)} {tape.slot_names[s]}")

@@ -34,7 +34,8 @@ def test_format_tape_text():
         "out    %5 %6",
         "update w (%3) <- %7",
     ]
-    assert str(example()) == text
+    assert example().show() == text
+    assert str(example()).splitlines() == text.splitlines()[4:8]
 
 
 def test_params_shown():
@@ -93,3 +94,17 @@ def test_len_and_nbytes():
     x = matrix("x")
     t = build_tape([x], [exp(x)])
     assert len(t) == 1 and t.nbytes > 0 and "1 instructions" in repr(t)
+
+
+def test_str_of_a_tape_is_one_instruction_a_line_and_show_has_the_rest():
+    import tapegrad as tg
+
+    x = tg.dvector("x")
+    w = tg.shared(np.array([1.0, 2.0]), name="w")
+    f = tg.function([x], [(tg.exp(x) * w).sum() + 2.0, x * 3])
+    text = str(f.tape)
+    assert len(text.splitlines()) == len(f.tape) == 5
+    assert text.splitlines()[0] == "%4:f64[?] = exp %0"
+    full = f.tape.show().splitlines()
+    assert full[0] == "in     %0:f64[?] x" and full[-1] == "out    %7 %8"
+    assert full[4:-1] == text.splitlines()
