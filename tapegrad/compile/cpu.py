@@ -360,8 +360,9 @@ class Plan:
         for v, a in zip(self.shared_views, shared):
             np.copyto(v, a, casting="unsafe")
         self._known = known
-        for step in self.steps:
-            step()
+        with np.errstate(all="ignore"):  # NumPy steps (BLAS products, callbacks): inf/NaN flow through silently
+            for step in self.steps:
+                step()
         outs = [v.copy() for v in self.out_views]
         ups = [v.copy() for v in self.update_views]
         return outs, ups

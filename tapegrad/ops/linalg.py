@@ -75,7 +75,8 @@ def _check_contraction(opname, a, b, pairs):
 def _run(opname, node, fn, *arrays):
     """Call ``fn(*arrays)`` re-raising shape errors with the op, variables and shapes."""
     try:
-        y = fn(*arrays)
+        with np.errstate(all="ignore"):  # inf/NaN entries flow through as IEEE says (SPEC 6), silently
+            y = fn(*arrays)
     except ValueError as e:
         names = ", ".join(str(v) for v in node.inputs)
         shapes = " and ".join(str(np.shape(x)) for x in arrays)
