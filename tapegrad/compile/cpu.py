@@ -52,6 +52,7 @@ from tapegrad.compile.kernels.core import (
 )
 from tapegrad.compile.kernels.steps import (STEP_CODES, VIEW_CODES, is_contiguous, make_step, row_major, strided,
                                             view_layout)
+from tapegrad.compile.op_shapes import op_infer_shape
 from tapegrad.compile.program import engine_program
 from tapegrad.compile.reference import shape_error
 from tapegrad.registry import CALLBACK, CODE_DTYPES, name_of
@@ -645,7 +646,7 @@ class CPUEngine:
                     op = tape.ops[k]
                     node = self.node(k)
                     try:
-                        res = op.infer_shape(node, [shapes[s] for s in args])
+                        res = op_infer_shape(op, node, [shapes[s] for s in args], [vals.get(int(s)) for s in args])
                     except ValueError as e:  # shapes that cannot go together (e.g. cannot broadcast)
                         raise shape_error(tape, k, node, [shapes[s] for s in args], e, "CPU engine") from None
                     except NotImplementedError:

@@ -42,6 +42,7 @@ import os
 
 import numpy as np
 
+from tapegrad.compile.op_shapes import op_infer_shape
 from tapegrad.registry import CODE_DTYPES
 
 NO_GPU = "device='cuda' needs an NVIDIA GPU or NUMBA_ENABLE_CUDASIM=1"
@@ -210,7 +211,7 @@ class CUDAEngine:
             else:
                 in_shapes = [shapes[s] for s in tape.instr_args(k)]
                 try:
-                    res = tape.ops[k].infer_shape(self.node(k), in_shapes)
+                    res = op_infer_shape(tape.ops[k], self.node(k), in_shapes)
                 except NotImplementedError:
                     raise _Dynamic(k) from None
                 except ValueError as e:  # shapes that cannot go together: worded as the other engines word it

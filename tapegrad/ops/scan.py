@@ -497,9 +497,11 @@ def _inner_shapes(inner_inputs, inner_outputs, in_shapes):
             return v.data.shape
         raise NotImplementedError(f"scan: no shape for inner variable {v}")
 
+    from tapegrad.compile.op_shapes import op_infer_shape
+
     for node in toposort(inner_outputs, blockers=inner_inputs):
         try:
-            res = node.op.infer_shape(node, [shape_of(x) for x in node.inputs])
+            res = op_infer_shape(node.op, node, [shape_of(x) for x in node.inputs])
         except NotImplementedError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -531,6 +533,19 @@ def _listify(x):
 
 def _placeholder(type_, name):
     return Variable(type_, name=name)
+
+
+def _substitute_non_sequences(outs, outer, inner):
+    """``outs`` with each (non-constant) outer non-sequence replaced by its inner placeholder."""
+    from tapegrad.graph import clone_replace
+
+    replace = {}
+    for p, q in zip(outer, inner):
+        if p is not q and id(p) not in replace:
+            replace[id(p)] = (p, q)
+    if not replace:
+        return outs
+    return clone_replace(outs, dict(replace.values()))
 
 
 def _split_result(result):
@@ -569,14 +584,19 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
         value; ``dict(initial=x, taps=[-1])`` also accepted; other taps raise
         ``NotImplementedError``), or None (not fed back).
     non_sequences : Variable or list
-        Passed unchanged to every step.
+        Passed unchanged to every step.  As in Aesara, ``fn`` receives these
+        variables themselves (numbers and arrays after ``as_tensor``), and
+        they are replaced by the loop's inner inputs once ``fn`` has returned,
+        so ``tg.grad(y[i], x)`` inside ``fn`` with ``non_sequences=[y, x]``
+        differentiates through the outer graph (Jacobian / Hessian by scan).
     n_steps : int or int scalar Variable, optional
         Number of steps; the first ``n_steps`` entries of every sequence are
         used.  Default: the length of the shortest sequence.
     go_backwards : bool
         Iterate the sequences from the end.
     strict : bool
-        Raise if ``fn`` uses variables not passed in ``non_sequences``.
+        Raise if ``fn`` uses variables not passed in ``non_sequences``
+        (expressions of constants only are allowed).
     return_list : bool
         Return a list even for one output.
     checkpoint : {"all", "binomial"}
@@ -655,11 +675,14 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
     s_in = [] if inits is None else [_placeholder(v.type, None if v.name is None else f"{v.name}[t-1]")
                                      for v in inits if v is not None]
     p_in = [p if isinstance(p, Constant) else _placeholder(p.type, p.name) for p in explicit]
-    result = fn(*x_in, *s_in, *p_in)
+    # fn gets the non-sequences themselves (Aesara's convention: so ``tg.grad(y[i], x)`` inside fn sees how the
+    # outer ``y`` depends on the outer ``x``); the inner placeholders replace them once fn has returned
+    result = fn(*x_in, *s_in, *explicit)
     outs, updates = _split_result(result)
     if updates:
         raise NotImplementedError("scan: updates of shared variables returned by fn are not supported")
     outs = [as_tensor(o) for o in outs]
+    outs = _substitute_non_sequences(outs, explicit, p_in)
     if not outs:
         raise ValueError("scan: fn returned no outputs")
     if inits is None:
@@ -708,7 +731,12 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
     for o in ordered:
         add_closure(o)
     if strict and closure:
-        raise ValueError(f"scan: strict=True but fn uses {closure[0]} without receiving it in non_sequences")
+        from tapegrad.graph import graph_inputs
+
+        # expressions of constants only (e.g. ``2 - 1`` in a gradient built inside fn) are not missing inputs
+        free = [v for v in graph_inputs(closure) if not isinstance(v, Constant)]
+        if free:
+            raise ValueError(f"scan: strict=True but fn uses {free[0]} without receiving it in non_sequences")
     from tapegrad.graph import clone_replace
 
     c_in = [_placeholder(c.type, c.name) for c in closure]
