@@ -40,7 +40,8 @@ from tapegrad.ops.modifiers import (  # noqa: F401  (re-exported)
 __all__ = [
     "grad", "Lop", "Rop", "jacobian", "hessian", "hessian_vector_product", "subgraph_grad",
     "verify_grad", "numeric_grad", "GradientError", "DisconnectedType", "NullType", "DisconnectedInputError",
-    "NullTypeGradError", "disconnected_type", "grad_not_implemented", "grad_undefined", "zero_grad",
+    "NullTypeGradError", "NullTypeGradNotImplementedError", "disconnected_type", "grad_not_implemented",
+    "grad_undefined", "zero_grad",
     "disconnected_grad", "consider_constant", "grad_clip", "grad_scale", "undefined_grad",
 ]
 
@@ -51,6 +52,22 @@ class DisconnectedInputError(ValueError):
 
 class NullTypeGradError(TypeError):
     """A gradient passed through an undefined or not-implemented rule."""
+
+
+class NullTypeGradNotImplementedError(NullTypeGradError, NotImplementedError):
+    """The gradient passed through an op whose grad/L_op is not implemented.
+
+    Both a :class:`NullTypeGradError` and a ``NotImplementedError`` (what Aesara raises for such an
+    op), so code catching either works.
+    """
+
+
+class _MissingSourceError(ValueError, AssertionError):
+    """Neither a cost nor known gradients: a ``ValueError`` as in Aesara (and an ``AssertionError``, as before)."""
+
+
+class _HessianCostError(ValueError, TypeError):
+    """``hessian`` of a cost that is not 0-d: a ``ValueError`` as in Aesara (and a ``TypeError``, as before)."""
 
 
 def __getattr__(name):  # verify_grad & co. live in tapegrad.testing (imported lazily)
@@ -193,7 +210,7 @@ def grad(
         ``d cost / d wrt[i]``, each with ``wrt[i]``'s dtype (floatX for integer ``wrt``).
     """
     if cost is None and not known_grads:
-        raise AssertionError("cost and known_grads can't both be None.")
+        raise _MissingSourceError("cost and known_grads can't both be None.")
     if cost is not None:
         cost = as_tensor(cost) if not isinstance(cost, Variable) else cost
         if isinstance(cost.type, NullType):
@@ -242,14 +259,13 @@ def grad(
             raise TypeError(f"known_grads keys must be Variables, got {type(var).__name__}")
         if not isinstance(g, Variable):
             g = as_tensor(np.asarray(g, dtype=var.dtype if is_float_dtype(var.dtype) else config.floatX))
-        if not isinstance(g.type, (NullType, DisconnectedType)):
-            if not is_float_dtype(g.dtype):
-                raise TypeError(
-                    "Gradients must always be NullType, DisconnectedType, or continuous, but grad was "
-                    f"given a known_grad of type {g.type} for {var}"
-                )
-            if g.ndim != var.ndim:
-                raise ValueError(f"known_grads: the gradient of {_describe(var)} has {g.ndim} dimension(s)")
+        # As Aesara, only the kind of the gradient is checked (its rank is the ops' business: a known
+        # gradient of another rank is passed to the op's L_op as given).
+        if not isinstance(g.type, (NullType, DisconnectedType)) and not is_float_dtype(g.dtype):
+            raise TypeError(
+                "Gradients must always be NullType, DisconnectedType, or continuous, but grad was "
+                f"given a known_grad of type {g.type} for {var}"
+            )
         grad_dict[id(var)] = g
 
     warned = set()
@@ -278,7 +294,8 @@ def grad(
     for i, g in enumerate(rval):
         if isinstance(g.type, NullType):
             if null_gradients == "raise":
-                raise NullTypeGradError(f"grad encountered a NaN. {g.type.why_null}")
+                cls = NullTypeGradNotImplementedError if g.type.not_implemented else NullTypeGradError
+                raise cls(f"grad encountered a NaN. {g.type.why_null}")
         elif isinstance(g.type, DisconnectedType):
             handle_disconnected(wrt_list[i])
             mode = str(return_disconnected).lower()
@@ -374,9 +391,7 @@ def _backprop(var_to_app, grad_dict, wrt, outputs, cost_name):
         elif terms:
             g = reduce(lambda a, b: a + b, terms)
             if cost_name is not None and var.name is not None:
-                if g.owner is None:
-                    g = _rename_copy(g)  # never rename a variable the user owns
-                g.name = f"(d{cost_name}/d{var.name})"
+                g.name = f"(d{cost_name}/d{var.name})"  # in place, as Aesara: the term itself is returned
         else:
             g = disconnected_type()
         grad_dict[key] = g
@@ -461,13 +476,6 @@ def _backprop(var_to_app, grad_dict, wrt, outputs, cost_name):
     return [grad_of(w) for w in wrt]
 
 
-def _rename_copy(g):
-    """A renamable stand-in for ``g`` (never rename a variable the user owns)."""
-    from tapegrad.ops import identity
-
-    return identity(g)
-
-
 # --------------------------------------------------------------------------- Lop / Rop
 def _names(seq):
     return "[" + ", ".join("None" if v is None else _describe(v) if isinstance(v, Variable) else repr(v)
@@ -530,6 +538,113 @@ def Lop(f, wrt, eval_points, consider_constant=None, disconnected_inputs="raise"
     return res
 
 
+def _zero_tangent(x):
+    """``x.zeros_like()`` (what Aesara's Rop gives a user op for an input without a tangent), or None."""
+    try:
+        return x.zeros_like()
+    except Exception:  # noqa: BLE001 - not a tensor: None, as Aesara does for non-differentiable inputs
+        return None
+
+
+def _tangent_pass(f_list, wrt_list, points, bit=None):
+    """The forward (tangent) sweep: ``{id(var): tangent}`` for ``wrt`` and every variable a tangent reaches.
+
+    Built-in ops get None for an input without a tangent (zero, and cheaper); user ops (no op code) get
+    ``zeros_like(input)`` there instead, as Aesara's ``Rop`` passes them.  With ``bit`` (``{id(w): int}``),
+    also returns ``{id(var): mask}``: the OR of the bits of the ``wrt`` whose tangents flow into ``var``'s.
+    """
+    tangent = {id(w): p for w, p in zip(wrt_list, points)}
+    flow = {k: m for k, m in (bit or {}).items() if tangent.get(k) is not None}
+    for node in toposort(f_list, blockers=wrt_list):
+        ins = [tangent.get(id(x)) for x in node.inputs]
+        if all(u is None for u in ins):
+            continue
+        m = 0
+        if flow:
+            for x, u in zip(node.inputs, ins):
+                if u is not None:
+                    m |= flow.get(id(x), 0)
+        if getattr(node.op, "code", None) is None:
+            ins = [_zero_tangent(x) if u is None else u for x, u in zip(node.inputs, ins)]
+        try:
+            outs = node.op.R_op(list(node.inputs), ins)
+        except NotImplementedError as e:
+            detail = f": {e}" if str(e) else ""
+            raise NotImplementedError(f"R_op of {node.op} is not implemented{detail}") from None
+        if outs is None or len(outs) != len(node.outputs):
+            raise ValueError(f"{node.op}.R_op returned the wrong number of tangents")
+        for o, t in zip(node.outputs, outs):
+            if t is not None and not isinstance(t, Variable):
+                t = as_tensor(t)
+            if t is not None and not isinstance(t.type, (DisconnectedType,)):
+                if isinstance(t.type, NullType):
+                    raise NullTypeGradError(f"Rop encountered a NaN. {t.type.why_null}")
+                want = o.dtype if is_float_dtype(o.dtype) else config.floatX
+                if t.dtype != want:
+                    t = t.astype(want)
+                tangent[id(o)] = t
+                if m:
+                    flow[id(o)] = m
+    return (tangent, flow) if bit is not None else tangent
+
+
+def _leaves_found(root, want, bit):
+    """The bits of ``want`` (an OR of ``bit`` values) whose variables ``root`` depends on (breadth first,
+    stopping as soon as all are found: a point the tangent uses is usually near its top)."""
+    found, seen, queue, head = 0, {id(root)}, [root], 0
+    while head < len(queue) and found != want:
+        v = queue[head]
+        head += 1
+        found |= bit.get(id(v), 0) & want
+        if v.owner is not None:
+            for x in v.owner.inputs:
+                if id(x) not in seen:
+                    seen.add(id(x))
+                    queue.append(x)
+    return found
+
+
+def _anchorable_bits(wrt_list, points):
+    """``{id(w): bit}`` for the root (input or shared) ``wrt`` that have a point."""
+    bit = {}
+    for w, p in zip(wrt_list, points):
+        if (p is None or w.owner is not None or isinstance(w, Constant) or id(w) in bit
+                or isinstance(p.type, (NullType, DisconnectedType)) or getattr(w.type, "ndim", None) is None):
+            continue
+        bit[id(w)] = 1 << len(bit)
+    return bit
+
+
+def _anchor_points(f_list, wrt_list, points, tangent, flow, bit):
+    """Points wrapped so that each tangent depends on the variables it was taken at, or None if none needs it.
+
+    Aesara's ``Rop`` graph keeps the points it is taken at (``Rop(dot(x, W), W, V)`` is
+    ``dot(zeros_like(x), W) + dot(x, V)``), so ``function([W, V, x], Rop(...))`` does not report ``W`` as
+    unused.  Here built-in ops give ``dot(x, V)``: where the tangent of ``f[i]`` gets a contribution from
+    the point of a root ``wrt[j]`` but does not use ``wrt[j]`` itself, that point becomes
+    ``specify_shape(point, shape(wrt[j]))`` -- the same values (no NaN/inf effect; the engines run it as a
+    view of the point, and ``shape`` of an input is known when the function is planned), and a check that
+    the point has the shape of the variable it is a tangent of.
+    """
+    in_wrt = {id(w) for w in wrt_list}
+    missing = 0
+    for out in f_list:
+        t = tangent.get(id(out))
+        need = flow.get(id(out), 0) & ~missing
+        if not need or id(out) in in_wrt or not isinstance(t, Variable):
+            continue
+        missing |= need & ~_leaves_found(t, need, bit)
+    if not missing:
+        return None
+    from tapegrad.ops.alloc import SpecifyShape
+    from tapegrad.ops.shape import shape
+
+    anchored = list(points)
+    for k, (w, p) in enumerate(zip(wrt_list, points)):
+        if bit.get(id(w), 0) & missing:
+            anchored[k] = SpecifyShape()(p, shape(w))
+    return anchored
+
 def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero"):
     """Jacobian-vector product ``sum_j d f / d wrt[j] . eval_points[j]`` by a forward (tangent) pass.
 
@@ -547,26 +662,13 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
     points = _check_eval_points(wrt_list, _as_list(eval_points), "Rop")
     if disconnected_outputs not in ("ignore", "warn", "raise"):
         raise ValueError("disconnected_outputs must be 'ignore', 'warn' or 'raise'")
-    tangent = {id(w): p for w, p in zip(wrt_list, points)}
-    for node in toposort(f_list, blockers=wrt_list):
-        ins = [tangent.get(id(x)) for x in node.inputs]
-        if all(u is None for u in ins):
-            continue
-        try:
-            outs = node.op.R_op(list(node.inputs), ins)
-        except NotImplementedError as e:
-            detail = f": {e}" if str(e) else ""
-            raise NotImplementedError(f"R_op of {node.op} is not implemented{detail}") from None
-        if outs is None or len(outs) != len(node.outputs):
-            raise ValueError(f"{node.op}.R_op returned the wrong number of tangents")
-        for o, t in zip(node.outputs, outs):
-            if t is not None and not isinstance(t.type, (DisconnectedType,)):
-                if isinstance(t.type, NullType):
-                    raise NullTypeGradError(f"Rop encountered a NaN. {t.type.why_null}")
-                want = o.dtype if is_float_dtype(o.dtype) else config.floatX
-                if t.dtype != want:
-                    t = t.astype(want)
-                tangent[id(o)] = t
+    bit = _anchorable_bits(wrt_list, points)
+    tangent, flow = _tangent_pass(f_list, wrt_list, points, bit)
+    anchored = _anchor_points(f_list, wrt_list, points, tangent, flow, bit) if flow else None
+    if anchored is not None:
+        tangent = _tangent_pass(f_list, wrt_list, anchored)
+        for w, p in zip(wrt_list, points):  # an output that is itself in wrt: its tangent is the point, as given
+            tangent[id(w)] = p
     rval = []
     for out in f_list:
         t = tangent.get(id(out))
@@ -673,7 +775,9 @@ def hessian(cost, wrt, consider_constant=None, disconnected_inputs="raise", vect
     """
     cost = as_tensor(cost)
     if cost.ndim != 0:
-        raise TypeError(f"hessian: cost must be a scalar (0-d); {_describe(cost)} has {cost.ndim} dimension(s)")
+        raise _HessianCostError(
+            f"hessian expects a 0 dimensional variable as `cost`; {_describe(cost)} has {cost.ndim} dimension(s)"
+        )
     wrt_list = _as_list(wrt)
     _check_vars(wrt_list, "hessian: wrt")
     out = []
@@ -691,7 +795,7 @@ def subgraph_grad(wrt, end, start=None, cost=None, details=False):
     Returns ``(wrt_grads, end_grads)`` (plus the per-source terms when ``details``).
     """
     if cost is None and start is None:
-        raise AssertionError("subgraph_grad: give a cost, known gradients in start, or both")
+        raise _MissingSourceError("subgraph_grad: `cost` or `start` must be specified (or both)")
     if not isinstance(end, list) or not isinstance(wrt, list):
         raise TypeError("subgraph_grad: wrt and end must be lists of Variables")
     if start is not None and not isinstance(start, dict):

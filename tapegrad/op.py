@@ -27,7 +27,7 @@ import zlib
 
 import numpy as np
 
-from tapegrad.graph import Apply, TensorType, Type, Variable, as_tensor  # noqa: F401  (re-exported)
+from tapegrad.graph import Apply, Constant, TensorType, Type, Variable, as_tensor  # noqa: F401  (re-exported)
 
 
 class Op:
@@ -61,16 +61,54 @@ class Op:
 
     __repr__ = __str__
 
+    # Aesara's declarative form: an op that sets ``itypes`` and ``otypes`` (lists of TensorType instances, or
+    # of the type constructors such as ``tg.dvector``) gets ``make_node`` for free.
+    itypes = None
+    otypes = None
+
     # -- building
     def make_node(self, *inputs):
-        raise NotImplementedError(f"{type(self).__name__}.make_node")
+        """Build the Apply node; the default uses ``itypes``/``otypes`` when the op declares them (as Aesara)."""
+        if self.itypes is None or self.otypes is None:
+            missing = "itypes" if self.itypes is None and self.otypes is not None else (
+                "otypes" if self.otypes is None and self.itypes is not None else None)
+            hint = f" ({missing} is not set)" if missing else " (or declare itypes and otypes)"
+            raise NotImplementedError(f"{type(self).__name__}.make_node: implement make_node{hint}")
+        itypes = [_as_type(t, f"{type(self).__name__}.itypes[{i}]") for i, t in enumerate(self.itypes)]
+        otypes = [_as_type(t, f"{type(self).__name__}.otypes[{i}]") for i, t in enumerate(self.otypes)]
+        if len(inputs) != len(itypes):
+            raise ValueError(f"{self}: expected {len(itypes)} input(s) (itypes), got {len(inputs)}")
+        checked = []
+        for i, (x, t) in enumerate(zip(inputs, itypes)):
+            if not isinstance(x, Variable):
+                if isinstance(t, TensorType):
+                    data = t.filter(x, name=f"{self} input {i}")
+                    x = Constant(TensorType(t.dtype, data.shape), data)
+                else:
+                    x = as_tensor(x)
+            if isinstance(t, TensorType):
+                ok = (isinstance(x.type, TensorType) and x.type.dtype == t.dtype and x.type.ndim == t.ndim
+                      and all(a is None or b is None or a == b for a, b in zip(t.shape, x.type.shape)))
+            else:
+                ok = x.type == t
+            if not ok:
+                raise TypeError(f"Invalid input types for Op {self}: input {i} ({x}): expected {t}, got {x.type}")
+            checked.append(x)
+        return Apply(self, checked, [t() for t in otypes])
 
-    def __call__(self, *inputs, **kwargs):
+    def __call__(self, *inputs, return_list=False, **kwargs):
+        """Apply the op: its output (or the ``default_output``), or the list of outputs when it has several.
+
+        ``return_list=True`` always returns a list (as Aesara's ``Op.__call__``).
+        """
         node = self.make_node(*inputs, **kwargs)
+        if self.default_output is not None:
+            out = node.outputs[self.default_output]
+            return [out] if return_list else out
+        if return_list:
+            return list(node.outputs)
         if len(node.outputs) == 1:
             return node.outputs[0]
-        if self.default_output is not None:
-            return node.outputs[self.default_output]
         return list(node.outputs)
 
     # -- computing
@@ -95,7 +133,11 @@ class Op:
         return self.grad(inputs, output_grads)
 
     def R_op(self, inputs, eval_points):
-        """Jacobian-vector product: one tangent per output (``None`` in ``eval_points`` = zero)."""
+        """Jacobian-vector product: one tangent per output (None for an output no tangent reaches).
+
+        ``Rop`` passes built-in ops ``None`` in ``eval_points`` for an input without a tangent (zero); user ops
+        (no op code) get ``inputs[i].zeros_like()`` there instead, as Aesara's ``Rop`` does.
+        """
         raise NotImplementedError
 
     # -- tape encoding
@@ -105,6 +147,18 @@ class Op:
         for v in self._props():
             _encode_value(v, ints, floats)
         return tuple(ints), tuple(floats)
+
+
+def _as_type(t, what):
+    """An ``itypes``/``otypes`` entry as a Type: a Type instance, or a constructor (``tg.dvector``) called once."""
+    if isinstance(t, Type):
+        return t
+    if callable(t):
+        v = t()
+        if isinstance(v, Variable):
+            return v.type
+    raise TypeError(f"{what}: expected a Type (e.g. tg.TensorType('float64', (None,))) or a constructor "
+                    f"such as tg.dvector, got {t!r}")
 
 
 def _fmt_prop(v):
@@ -215,6 +269,8 @@ class NullType(Type):
     ndim = None
     shape = None
 
+    not_implemented = False  # set by grad_not_implemented
+
     def __init__(self, why_null="(no explanation given)"):
         self.why_null = why_null
 
@@ -245,13 +301,17 @@ def is_null(v) -> bool:
 
 
 def grad_not_implemented(op, x_pos, x, comment=""):
-    """A NullType gradient for input ``x_pos`` of ``op`` whose rule is not implemented."""
-    return Variable(
-        NullType(
-            f"This variable is Null because the grad method for input {x_pos} ({x}) of the {op} op "
-            f"is not implemented. {comment}".rstrip()
-        )
+    """A NullType gradient for input ``x_pos`` of ``op`` whose rule is not implemented.
+
+    Its type has ``not_implemented = True``: ``grad`` then raises an error that is both a
+    ``NullTypeGradError`` and a ``NotImplementedError`` (Aesara raises the latter for an op without grad).
+    """
+    t = NullType(
+        f"This variable is Null because the grad method for input {x_pos} ({x}) of the {op} op "
+        f"is not implemented. {comment}".rstrip()
     )
+    t.not_implemented = True
+    return Variable(t)
 
 
 def grad_undefined(op, x_pos, x, comment=""):

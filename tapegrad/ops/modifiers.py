@@ -8,13 +8,15 @@ disconnected_grad    551     disconnected                     disconnected (None
 consider_constant    552     zeros (deprecated alias)         zeros
 grad_clip            553     clip(g, lower, upper)            u
 grad_scale           554     g * multiplier                   u * multiplier
-undefined_grad       555     NullType (undefined)             NullType error
+undefined_grad       555     NullType (undefined)             disconnected (None)
 ===================  ======  ===============================  =====================
 
 The tape rewrites drop these ops from forward code (they are copies there).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -113,9 +115,8 @@ class UndefinedGrad(_ViewOp):
         return [grad_undefined(self, 0, inputs[0], "(undefined_grad was applied to it)")]
 
     def R_op(self, inputs, eval_points):
-        if eval_points[0] is None:
-            return [None]
-        raise NotImplementedError(f"R_op of undefined_grad({inputs[0]}) is undefined")
+        # As Aesara's UndefinedGrad.R_op: no tangent flows through (Rop reports the output as disconnected)
+        return [None]
 
 
 def zero_grad(x):
@@ -129,7 +130,12 @@ def disconnected_grad(x):
 
 
 def consider_constant(x):
-    """Deprecated alias acting like :func:`zero_grad`."""
+    """Deprecated alias acting like :func:`zero_grad` (emits a ``DeprecationWarning``, as Aesara)."""
+    warnings.warn(
+        "`consider_constant` is deprecated; use `zero_grad` or `disconnected_grad` instead.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return ConsiderConstant()(x)
 
 
