@@ -49,6 +49,7 @@ from tapegrad.gradient import (
     Lop,
     NullType,
     NullTypeGradError,
+    NullTypeGradNotImplementedError,
     Rop,
     consider_constant,
     disconnected_grad,
