@@ -160,12 +160,16 @@ def f_logical_not(a):
 def f_power(a, b):
     return a ** b
 def f_floor_divide(a, b):
-    return m_floor(a / b)
+    # numba's // and % are CPython's divmod (NumPy's npy_divmod: inf // y = nan, x // -inf = -1 where the
+    # signs differ, signed zeros, x // 0 = x / 0; integers: x // 0 = 0); b == -1 as (-a) // 1, the same
+    # value, so that INT64_MIN // -1 wraps to INT64_MIN (NumPy) instead of overflowing the division
+    if b == -1:
+        return (-a) // (-b)
+    return a // b
 def f_mod(a, b):
-    r = m_fmod(a, b)
-    if r != 0 and ((b < 0) != (r < 0)):
-        r = r + b
-    return r
+    if b == -1:
+        return -((-a) % (-b))
+    return a % b
 def f_sigmoid(x):
     e = m_exp(-abs(x))
     if x >= 0:

@@ -13,6 +13,20 @@ same expression strings are evaluated three ways:
 
 ``azmul(a, b)`` is the absolute-zero multiply ``0 if a == 0 else a * b``: a zero
 cotangent or tangent never turns into NaN through an infinite partial.
+
+A row whose derivative is not that product declares its rules: ``adjoint``
+(per input, an expression in ``x0, .., y`` and the output's cotangent ``g``)
+and ``tangent`` (per input, an expression in ``x0, .., y`` and that input's
+tangent ``u``, the terms summed; or one expression in the tangents ``u0, u1,
+..``, 0 where an input has none) replace the ``azmul`` rules.  ``switch``
+selects: ``where(x0, g, 0)`` is an exact zero wherever the branch was not
+taken, whatever ``g`` holds there, where ``azmul(g, mask)`` is NaN for an inf
+``g`` (a Hessian's inner cotangent, the tangent of ``log(x)`` at 0).
+``azmul(a, b)`` is 0 for every ``b`` where ``a == 0``, so its derivative in
+``b`` is an exact zero there, even for an infinite tangent or cotangent.
+:func:`adjoint_term` and :func:`tangent_sum` are the one implementation of
+these rules, used by ``L_op``/``R_op`` here and by the sweep route
+(``tapegrad/tape/sweep_rules.py``).
 """
 
 from __future__ import annotations
@@ -127,6 +141,8 @@ class ScalarSpec:
     out: str = "float"
     domain: tuple = ((-2.0, 2.0),)
     doc: str = ""
+    adjoint: tuple = None  # per input: cotangent expression in x0.., y, g (replaces azmul(g, partial))
+    tangent: object = None  # per input in x0.., y, u (replaces azmul(u, partial)); or a str in u0, u1, ..
 
     @property
     def differentiable(self):
@@ -190,7 +206,9 @@ ELEMWISE = [
                "float", (_ANY, _POS)),
     ScalarSpec("hypot", 60, 2, "hypot(x0, x1)", ("x0 / y", "x1 / y"), "float", (_ANY, _ANY)),
     ScalarSpec("azmul", 61, 2, "azmul(x0, x1)", ("x1", "x0"), "same", (_ANY, _ANY),
-               "absolute-zero multiply: 0 * inf = 0"),
+               "absolute-zero multiply: 0 * inf = 0; where x0 == 0 the derivative in x1 is an exact zero",
+               adjoint=("azmul(g, x1)", "where(x0, azmul(g, x0), 0)"),
+               tangent=("azmul(u, x1)", "where(x0, azmul(u, x0), 0)")),
     ScalarSpec("eq", 62, 2, "x0 == x1", (None, None), "bool", (_ANY, _ANY)),
     ScalarSpec("neq", 63, 2, "x0 != x1", (None, None), "bool", (_ANY, _ANY)),
     ScalarSpec("lt", 64, 2, "x0 < x1", (None, None), "bool", (_ANY, _ANY)),
@@ -200,8 +218,11 @@ ELEMWISE = [
     ScalarSpec("logical_and", 68, 2, "logical_and(x0, x1)", (None, None), "bool", (_ANY, _ANY)),
     ScalarSpec("logical_or", 69, 2, "logical_or(x0, x1)", (None, None), "bool", (_ANY, _ANY)),
     # ternary
-    ScalarSpec("switch", 80, 3, "where(x0, x1, x2)", (None, "x0", "logical_not(x0)"), "same", (_ANY, _ANY, _ANY),
-               "the branch not taken gets an exact zero"),
+    # partials: the masks x0 != 0 and x0 == 0 (a float or int condition too); the rules select, never multiply
+    ScalarSpec("switch", 80, 3, "where(x0, x1, x2)", (None, "where(x0, True, False)", "where(x0, False, True)"),
+               "same", (_ANY, _ANY, _ANY),
+               "the branch not taken gets an exact zero, even where the cotangent or tangent is NaN or inf",
+               adjoint=(None, "where(x0, g, 0)", "where(x0, 0, g)"), tangent="where(x0, u1, u2)"),
     ScalarSpec("clip", 81, 3, "minimum(maximum(x0, x1), x2)",
                ("logical_and(x0 >= x1, x0 <= x2)", "x0 < x1", "x0 > x2"), "same", (_ANY, (-1.0, -0.5), (0.5, 1.0))),
 ]
@@ -241,6 +262,28 @@ def float_dtype(dtype):
     return dtype if is_float_dtype(dtype) else "float64"
 
 
+# NumPy 2 on bool operands: these keep bool (add is logical or, mul logical and, ...)
+BOOL_KEEPS = frozenset({"abs", "floor", "ceil", "identity", "add", "mul", "maximum", "minimum", "azmul", "switch",
+                        "clip"})
+# ... these have no bool loop in NumPy (TypeError there, and here at graph construction)
+BOOL_REFUSES = {
+    "neg": "The numpy boolean negative, the `-` operator, is not supported, use the `~` operator or the "
+           "logical_not function instead",
+    "sub": "numpy boolean subtract, the `-` operator, is not supported, use the bitwise_xor, the `^` operator, "
+           "or the logical_xor function instead",
+    "sign": "sign of a bool is not supported (NumPy has no bool loop for it); cast the operand first",
+}
+# The rest give int8 (sqr, int_div, mod, pow) or float16 (round) in NumPy, dtypes tapegrad does not have:
+# int64 here, computed from the values 0/1 on every device.
+
+
+def _bool_result(name):
+    """Result dtype of op ``name`` on bool operands (NumPy 2's, where tapegrad has that dtype)."""
+    if name in BOOL_REFUSES:
+        raise TypeError(f"{name} of bool operands: {BOOL_REFUSES[name]}")
+    return "bool" if name in BOOL_KEEPS else "int64"
+
+
 # --------------------------------------------------------------------------- the op
 class Elemwise(Op):
     """An elementwise op given by a :class:`ScalarSpec` row, with NumPy broadcasting."""
@@ -277,8 +320,8 @@ class Elemwise(Op):
             dtype = "bool"
         elif spec.out == "float":
             dtype = float_dtype(dtype)
-        elif dtype == "bool" and spec.name not in ("switch", "identity"):
-            dtype = "int64" if spec.name != "abs" else "bool"
+        elif dtype == "bool":
+            dtype = _bool_result(spec.name)
         shape = static_broadcast_shape([x.type.shape for x in inputs], spec.name)
         return Apply(self, inputs, [make_output(dtype, shape)])
 
@@ -302,14 +345,8 @@ class Elemwise(Op):
         return [tuple(np.broadcast_shapes(*input_shapes))]
 
     # -- derivatives from the table
-    def _partial(self, i, inputs, output):
-        ns = _symbolic_namespace()
-        ns.update({f"x{k}": x for k, x in enumerate(inputs)})
-        ns["y"] = output
-        return eval(self.spec.partials[i], ns)  # noqa: S307 - our own table
-
     def L_op(self, inputs, outputs, output_grads):
-        from tapegrad.ops import azmul, neg, zeros_like
+        from tapegrad.ops import zeros_like
         from tapegrad.ops.broadcast import sum_like
 
         (gz,) = output_grads
@@ -324,12 +361,7 @@ class Elemwise(Op):
             if p == "NotImplemented":
                 grads.append(grad_not_implemented(self, i, x, "(the next derivative is not in the table)"))
                 continue
-            if p == "1":
-                g = gz
-            elif p == "-1":
-                g = neg(gz)
-            else:
-                g = azmul(gz, self._partial(i, inputs, y))
+            g = adjoint_term(self.spec, i, inputs, y, gz)
             if not _same_static_shape(x, y):
                 g = sum_like(g, x)
             if g.dtype != gdtype:
@@ -338,36 +370,74 @@ class Elemwise(Op):
         return grads
 
     def R_op(self, inputs, eval_points):
-        from tapegrad.ops import neg, zeros_like
+        from tapegrad.ops import zeros_like
         from tapegrad.ops.broadcast import broadcast_like
 
         y = self(*inputs)
         out_dtype = y.dtype if is_float_dtype(y.dtype) else config.floatX
         if not is_float_dtype(y.dtype):
             return [zeros_like(y, dtype=out_dtype)]
-        terms = []
         for i, u in enumerate(eval_points):
-            p = self.spec.partials[i]
-            if u is None or p is None:
-                continue
-            if p == "NotImplemented":
+            if u is not None and self.spec.partials[i] == "NotImplemented":
                 raise NotImplementedError(f"R_op of {self.name} for input {i} is not implemented")
-            if p == "1":
-                terms.append(u)
-            elif p == "-1":
-                terms.append(neg(u))
-            else:
-                terms.append(azmul(u, self._partial(i, inputs, y)))
-        if not terms:
+        total = tangent_sum(self.spec, inputs, y, eval_points)
+        if total is None:
             return [zeros_like(y, dtype=out_dtype)]
-        total = terms[0]
-        for t in terms[1:]:
-            total = total + t
         if not _same_static_shape(total, y):
             total = broadcast_like(total, y)
         if total.dtype != out_dtype:
             total = total.astype(out_dtype)
         return [total]
+
+
+def _eval_rule(expr, inputs, y, **extra):
+    ns = _symbolic_namespace()
+    ns.update({f"x{k}": x for k, x in enumerate(inputs)})
+    ns["y"] = y
+    ns.update(extra)
+    return eval(expr, ns)  # noqa: S307 - our own table
+
+
+def partial_var(spec, i, inputs, y):
+    """The partial ``d y / d x_i`` of row ``spec`` as a symbolic Variable."""
+    return _eval_rule(spec.partials[i], inputs, y)
+
+
+def adjoint_term(spec, i, inputs, y, g):
+    """Cotangent of input ``i`` (at the output's shape, before any reduction to the input's) from the output's
+    cotangent ``g``: the row's ``adjoint`` selection where it declares one, else ``azmul(g, partial_i)``.
+
+    The caller has checked that ``partials[i]`` is neither None nor ``"NotImplemented"``."""
+    if spec.adjoint is not None:
+        return _eval_rule(spec.adjoint[i], inputs, y, g=g)
+    p = spec.partials[i]
+    if p == "1":
+        return g
+    if p == "-1":
+        return neg(g)
+    return azmul(g, partial_var(spec, i, inputs, y))
+
+
+def tangent_sum(spec, inputs, y, tangents):
+    """Tangent of the output from the inputs' tangents (None = zero), at the broadcast shape of the terms; None
+    when no differentiable input has a tangent.  The caller has checked for ``"NotImplemented"`` partials."""
+    live = [u if (u is not None and spec.partials[i] is not None) else None for i, u in enumerate(tangents)]
+    if all(u is None for u in live):
+        return None
+    if isinstance(spec.tangent, str):
+        us = {f"u{i}": (0 if u is None else u) for i, u in enumerate(live)}
+        return _eval_rule(spec.tangent, inputs, y, **us)
+    total = None
+    for i, u in enumerate(live):
+        if u is None:
+            continue
+        p = spec.partials[i]
+        if spec.tangent is not None:
+            t = _eval_rule(spec.tangent[i], inputs, y, u=u)
+        else:
+            t = u if p == "1" else neg(u) if p == "-1" else azmul(u, partial_var(spec, i, inputs, y))
+        total = t if total is None else add(total, t)
+    return total
 
 
 def _same_static_shape(a, b):
@@ -453,13 +523,13 @@ def _symbolic_namespace():
     if _SYMBOLIC is None:
         ns = {k: v for k, v in NUMPY_NAMESPACE.items() if isinstance(v, float)}
         for name in ("exp", "log", "sqrt", "sin", "cos", "sinh", "cosh", "sign", "sigmoid", "psi", "trigamma",
-                     "floor_divide", "azmul", "logical_and", "logical_not", "power"):
+                     "floor_divide", "azmul", "logical_and", "logical_not", "power", "where"):
             ns[name] = _fn(_BY_NAME[_ALIASES.get(name, name)])
         _SYMBOLIC = ns
     return dict(_SYMBOLIC)
 
 
-_ALIASES = {"floor_divide": "int_div", "power": "pow"}
+_ALIASES = {"floor_divide": "int_div", "power": "pow", "where": "switch"}
 
 
 def _fn(op):
@@ -507,7 +577,7 @@ class Cast(Op):
     code = "CAST"
 
     def __init__(self, dtype):
-        self.dtype = np.dtype(dtype).name
+        self.dtype = resolve_dtype(dtype)
 
     def make_node(self, x):
         x = as_tensor(x)
@@ -542,10 +612,17 @@ class Cast(Op):
 register("CAST", 90, Cast)
 
 
+def resolve_dtype(dtype):
+    """The dtype name ``dtype`` stands for; ``"floatX"`` is :attr:`tg.config.floatX` (as in Aesara)."""
+    if isinstance(dtype, str) and dtype == "floatX":
+        return config.floatX
+    return np.dtype(dtype).name
+
+
 def cast(x, dtype):
-    """``x`` converted to ``dtype`` (a no-op when it already has it)."""
+    """``x`` converted to ``dtype`` (a no-op when it already has it); ``"floatX"`` means ``tg.config.floatX``."""
     x = as_tensor(x)
-    dtype = np.dtype(dtype).name
+    dtype = resolve_dtype(dtype)
     if x.dtype == dtype:
         return x
     return Cast(dtype)(x)

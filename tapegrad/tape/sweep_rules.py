@@ -15,7 +15,10 @@ By kind (ARCHITECTURE.md, "Two routes to every derivative"):
 elementwise (:class:`~tapegrad.ops.elemwise.Elemwise`)
     generic code over the table's partial expressions (``x0, x1, .., y``):
     adjoint ``sum_like(azmul(g, df_i), x_i)``, tangent ``sum_i azmul(u_i,
-    df_i)`` broadcast to the output.  Nothing here names an elementwise op, so
+    df_i)`` broadcast to the output, or the rules a row declares instead
+    (``switch`` selects: ``where(x0, g, 0)``, ``where(x0, u1, u2)``); both
+    from ``ops/elemwise.py``'s ``adjoint_term`` / ``tangent_sum``, which the
+    ops' ``L_op``/``R_op`` use too.  Nothing here names an elementwise op, so
     a new table row needs no sweep code.  Second derivatives come for free:
     the partial expressions are elementwise ops again.
 ``Cast``
@@ -128,19 +131,9 @@ def kind_of(op):
 
 
 # --------------------------------------------------------------------------- elementwise (from the table)
-def _partial(spec, i, inputs, y):
-    from tapegrad.ops.elemwise import _symbolic_namespace
-
-    ns = _symbolic_namespace()
-    ns.update({f"x{k}": x for k, x in enumerate(inputs)})
-    ns["y"] = y
-    return eval(spec.partials[i], ns)  # noqa: S307 - the op table's own expressions
-
-
 def _elementwise_adjoint(node, g, active):
-    from tapegrad.ops import neg
     from tapegrad.ops.broadcast import sum_like
-    from tapegrad.ops.elemwise import _same_static_shape, azmul
+    from tapegrad.ops.elemwise import _same_static_shape, adjoint_term
 
     spec, (y,) = node.op.spec, node.outputs
     terms = [None] * len(node.inputs)
@@ -152,12 +145,7 @@ def _elementwise_adjoint(node, g, active):
             continue
         if p == "NotImplemented":
             raise SweepUnsupported(node.op, f"the partial for input {i} is not in the table")
-        if p == "1":
-            t = g
-        elif p == "-1":
-            t = neg(g)
-        else:
-            t = azmul(g, _partial(spec, i, node.inputs, y))
+        t = adjoint_term(spec, i, node.inputs, y, g)
         if not _same_static_shape(x, y):
             t = sum_like(t, x)
         terms[i] = cast_to(t, x.dtype)
@@ -165,27 +153,16 @@ def _elementwise_adjoint(node, g, active):
 
 
 def _elementwise_tangent(node, tins):
-    from tapegrad.ops import neg
     from tapegrad.ops.broadcast import broadcast_like
-    from tapegrad.ops.elemwise import _same_static_shape, azmul
+    from tapegrad.ops.elemwise import _same_static_shape, tangent_sum
 
     spec, (y,) = node.op.spec, node.outputs
     if not is_float(y):
         return [None]
-    terms = []
     for i, u in enumerate(tins):
-        p = spec.partials[i]
-        if u is None or p is None:
-            continue
-        if p == "NotImplemented":
+        if u is not None and spec.partials[i] == "NotImplemented":
             raise SweepUnsupported(node.op, f"the partial for input {i} is not in the table")
-        if p == "1":
-            terms.append(u)
-        elif p == "-1":
-            terms.append(neg(u))
-        else:
-            terms.append(azmul(u, _partial(spec, i, node.inputs, y)))
-    total = add_all(terms)
+    total = tangent_sum(spec, node.inputs, y, tins)
     if total is None:
         return [None]
     if not _same_static_shape(total, y):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
 _J = dict(error_model="numpy")
 
@@ -29,7 +30,6 @@ s_sinh, s_cosh, s_tanh = np.sinh, np.cosh, np.tanh
 s_arcsinh, s_arccosh, s_arctanh = np.arcsinh, np.arccosh, np.arctanh
 s_abs, s_sign, s_floor, s_ceil, s_round = np.abs, np.sign, np.floor, np.ceil, np.rint
 s_arctan2, s_hypot = np.arctan2, np.hypot
-s_floor_divide, s_mod = np.floor_divide, np.mod
 s_logical_and, s_logical_or, s_logical_not = np.logical_and, np.logical_or, np.logical_not
 s_square, s_reciprocal = np.square, np.reciprocal
 
@@ -42,6 +42,94 @@ def s_power(a, b):
     if b == 1:
         return a + 0 * b
     return np.power(a, b)
+
+
+# --------------------------------------------------------------------------- floor division and modulo
+# NumPy's npy_divmod (and CPython's float divmod): the floor of the exact quotient, +-0 signed like x / y,
+# x // +-inf = -1 where the signs differ, inf // y = nan, x // 0 = x / 0; x % y has y's sign (+-0 included),
+# x % 0 = nan.  Integers: x // 0 = x % 0 = 0, INT64_MIN // -1 wraps to INT64_MIN and INT64_MIN % -1 is 0
+# (the hardware division traps on both).
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once, in the operands' float type (``llvm.fma``: one instruction with FMA3)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, a, a), codegen
+
+
+def _float_of(a, b):
+    """The NumPy scalar type a float floor division / modulo of numba types ``a``, ``b`` computes in (None: ints)."""
+    fa, fb = isinstance(a, types.Float), isinstance(b, types.Float)
+    if not (fa or fb):
+        return None
+    if (fa and a.bitwidth == 64) or (fb and b.bitwidth == 64) or not (fa and fb):
+        return np.float64
+    return np.float32
+
+
+def s_floor_divide(a, b):
+    """``np.floor_divide`` of two scalars (Python calls; compiled code uses the overload below)."""
+    return np.floor_divide(a, b)
+
+
+@overload(s_floor_divide, jit_options=_J)
+def _floor_divide_impl(a, b):
+    ft = _float_of(a, b)
+    if ft is not None:
+        zero, one = ft(0.0), ft(1.0)
+
+        def float_floor_divide(a, b):
+            # Branch-free and without fmod, so that the loops it is inlined in vectorise.  q = x / y rounds
+            # to nearest, so the exact quotient's floor is floor(q) or one less: one less when x - floor(q) y
+            # (exact, rounded once: its sign is right) has the sign opposite to y.  NumPy's value for
+            # |x / y| < 2**51 (float32: 2**22), signed zeros and every inf/nan case included; above that
+            # NumPy's own (x - fmod(x, y)) / y can miss the exact floor by one, and the exact one is returned.
+            x, y = ft(a), ft(b)
+            q = x / y
+            f = np.floor(q)
+            r = _fma(-f, y, x)
+            r = x if f == zero else r  # y = +-inf: x / y is +-0 and the remainder is x (not 0 * inf)
+            f = f - one if (r != zero and (r < zero) != (y < zero)) else f
+            return r if (r != r and y != zero) else f  # x = +-inf: nan (NumPy's fmod(x, y) is nan); y = 0: x / y
+
+        return float_floor_divide
+    if isinstance(a, (types.Integer, types.Boolean)) and isinstance(b, (types.Integer, types.Boolean)):
+        def int_floor_divide(a, b):
+            if b == -1:
+                return -a  # wraps for INT64_MIN, as NumPy
+            return np.floor_divide(a, b)
+
+        return int_floor_divide
+    return None
+
+
+def s_mod(a, b):
+    """``np.mod`` of two scalars (Python calls; compiled code uses the overload below)."""
+    return np.mod(a, b)
+
+
+@overload(s_mod, jit_options=_J)
+def _mod_impl(a, b):
+    ft = _float_of(a, b)
+    if ft is not None:
+        def float_mod(a, b):
+            # numba's float ``%`` is CPython's float_mod: fmod, then y added where the signs differ,
+            # copysign(0, y) for a zero remainder, fmod(x, 0) = nan for y == 0 -- NumPy's npy_remainder
+            return ft(a) % ft(b)
+
+        return float_mod
+    if isinstance(a, (types.Integer, types.Boolean)) and isinstance(b, (types.Integer, types.Boolean)):
+        def int_mod(a, b):
+            if b == -1:
+                return a - a  # INT64_MIN % -1 traps in the hardware division; every x % -1 is 0
+            return np.mod(a, b)
+
+        return int_mod
+    return None
 
 
 @njit(**_J)
