@@ -182,14 +182,17 @@ def log_softmax(x, axis=-1):
 
 
 # --------------------------------------------------------------------------- relu
-RELU_SPEC = ScalarSpec("relu", 502, 1, "maximum(x0, 0)", ("x0 > 0",), "same", ((-2.0, 2.0),), "relu'(0) = 0")
+# the derivative rules select (as switch's): an inf or NaN cotangent or tangent where x <= 0 gives 0, not NaN
+RELU_SPEC = ScalarSpec("relu", 502, 1, "maximum(x0, 0)", ("x0 > 0",), "same", ((-2.0, 2.0),), "relu'(0) = 0",
+                       adjoint=("where(x0 > 0, g, 0)",), tangent=("where(x0 > 0, u, 0)",))
 
 
 class Relu(Elemwise):
     """``maximum(x, 0)``: an elementwise table row of its own (code RELU) so it shows in tapes.
 
-    ``relu'(x) = 1 if x > 0 else 0`` (so ``relu'(0) = 0``).  The L_op/R_op come
-    from the row's partial, as for every elementwise op.
+    ``relu'(x) = 1 if x > 0 else 0`` (so ``relu'(0) = 0``).  The L_op/R_op select the incoming cotangent or
+    tangent where ``x > 0`` (the row's ``adjoint``/``tangent``), so an inf or NaN one never leaks where
+    ``x <= 0``.
     """
 
     def __init__(self):

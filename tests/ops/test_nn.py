@@ -172,3 +172,18 @@ def test_ops_are_hashable_and_encode_axes():
     assert N.Softmax((1,)) == N.Softmax((1,)) and N.Softmax((1,)) != N.Softmax((0,))
     assert N.Softmax((0, 2)).encode() == ((2, 0, 2), ())
     assert hash(N.relu(tg.vector()).owner.op) == hash(N.relu(tg.vector()).owner.op)
+
+
+@pytest.mark.parametrize("device", ["python", "cpu"])
+@pytest.mark.parametrize("route", ["symbolic", "auto"])
+def test_relu_derivatives_select_so_inf_or_nan_never_leak_where_x_is_not_positive(device, route):
+    import tapegrad as tg
+
+    x, u = tg.dvector("x"), tg.dvector("u")
+    y = tg.relu(x)
+    f = tg.function([x, u], [tg.grad(tg.sum(y * np.inf), x), tg.Rop(y, x, u), tg.grad(tg.sum(y * y), x)],
+                    device=device, route=route)
+    g_inf, jv, g = f(np.array([-1.0, 0.0, 2.0]), np.array([np.inf, np.nan, 1.0]))
+    np.testing.assert_array_equal(g_inf, [0.0, 0.0, np.inf])
+    np.testing.assert_array_equal(jv, [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(g, [0.0, 0.0, 4.0])
