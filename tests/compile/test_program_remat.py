@@ -10,21 +10,9 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tests.compile.test_program_copies import program_source as _source
 
 RNG = np.random.default_rng(11)
-
-
-def _source(inputs, outs, args, dtype):
-    ref = tg.function(inputs, outs, device="python")(*args)
-    f = tg.function(inputs, outs, tier="program")
-    got = f(*args)
-    (prog,) = f._engine._programs.values()
-    assert prog.ready()
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for a, b in zip(got, ref):
-        assert a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.max(np.abs(b)))))
-    return prog.program.source
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
