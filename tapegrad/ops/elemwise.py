@@ -254,6 +254,11 @@ def upcast(*variables):
     dt = np.result_type(*keys).name
     if dt == "float16":
         dt = "float32"
+    if np.dtype(dt).kind in "iu":  # a weak Python int must fit the integer dtype it takes (NumPy 2 raises)
+        info = np.iinfo(dt)
+        for k in keys:
+            if isinstance(k, int) and not isinstance(k, bool) and not info.min <= k <= info.max:
+                raise OverflowError(f"Python integer {k} out of bounds for {dt}")
     return dt
 
 

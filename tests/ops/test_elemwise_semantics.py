@@ -395,3 +395,17 @@ def test_cuda_engine_under_the_simulator_agrees():
     assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
     bad = [r for r in json.loads(line[0][len("RESULT"):]) if not r[1]]
     assert not bad, bad
+
+
+def test_a_python_int_out_of_range_of_the_int_dtype_raises_as_numpy():
+    import tapegrad as tg
+
+    i = tg.tensor("i", dtype="int32", shape=(None,))
+    with pytest.raises(OverflowError, match="Python integer 1099511627776 out of bounds for int32"):
+        i + 2**40
+    with pytest.raises(OverflowError, match="out of bounds for int32"):
+        tg.maximum(i, -2**31 - 1)
+    got = tg.function([i], [i + (2**31 - 1), i * -2**31])(np.array([0, 1], np.int32))
+    assert got[0].dtype == np.int32 and got[0].tolist() == [2**31 - 1, -2**31]
+    assert (tg.lvector("l") + 2**40).dtype == "int64"
+    assert (i + 2.5).dtype == "float64"
