@@ -447,6 +447,22 @@ class Variable:
     def cumprod(self, axis=None):
         return _ops().cumprod(self, axis=axis)
 
+    # Aesara's TensorVariable methods beyond the SPEC's list: the functions of the same names
+    def round(self):
+        return _ops().round(self)
+
+    def take(self, indices, axis=None):
+        return _ops().take(self, indices, axis=axis)
+
+    def repeat(self, repeats, axis=None):
+        return _ops().repeat(self, repeats, axis=axis)
+
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        return _ops().diagonal(self, offset=offset, axis1=axis1, axis2=axis2)
+
+    def trace(self, offset=0, axis1=0, axis2=1):
+        return _ops().trace(self, offset=offset, axis1=axis1, axis2=axis2)
+
     def eval(self, givens=None):
         """Compile and run this variable; ``givens`` maps input Variables to values."""
         from tapegrad.compile.function import eval_variable

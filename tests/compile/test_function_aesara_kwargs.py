@@ -62,3 +62,15 @@ def test_shared_borrow_strict_and_allow_downcast():
     d = tg.shared(np.zeros(2, np.float32), name="d", allow_downcast=True)
     d.set_value(np.array([0.1, 0.2]))
     assert d.get_value().dtype == np.float32
+
+
+def test_aesara_tensor_methods_round_take_repeat_diagonal_trace():
+    x, i = tg.dmatrix("x"), tg.lvector("i")
+    outs = [x.round(), x.take(i, axis=1), x.repeat(2, axis=0), x.diagonal(), x.trace(), x.diagonal(1)]
+    xv = np.arange(9.0).reshape(3, 3) + 0.5
+    want = [np.round(xv), xv.take([2, 0], axis=1), xv.repeat(2, axis=0), xv.diagonal(), xv.trace(), xv.diagonal(1)]
+    for device in ("python", "cpu"):
+        for a, b in zip(tg.function([x, i], outs, device=device)(xv, np.array([2, 0])), want):
+            np.testing.assert_array_equal(a, b)
+    g = tg.function([x], tg.grad(x.trace() + x.diagonal(1).sum(), x))(xv)
+    np.testing.assert_array_equal(g, [[1, 1, 0], [0, 1, 1], [0, 0, 1]])
