@@ -408,11 +408,12 @@ class Variable:
     def dot(self, o):
         return _ops().dot(self, o)
 
-    def sum(self, axis=None, keepdims=False, dtype=None):
-        return _ops().sum(self, axis=axis, keepdims=keepdims, dtype=dtype)
+    def sum(self, axis=None, keepdims=False, dtype=None, *, acc_dtype=None):
+        return _ops().sum(self, axis=axis, keepdims=keepdims, dtype=dtype, acc_dtype=acc_dtype)
 
-    def prod(self, axis=None, keepdims=False):
-        return _ops().prod(self, axis=axis, keepdims=keepdims)
+    def prod(self, axis=None, keepdims=False, *, no_zeros_in_input=False, acc_dtype=None):
+        return _ops().prod(self, axis=axis, keepdims=keepdims, no_zeros_in_input=no_zeros_in_input,
+                           acc_dtype=acc_dtype)
 
     def max(self, axis=None, keepdims=False):
         return _ops().max(self, axis=axis, keepdims=keepdims)
@@ -420,14 +421,14 @@ class Variable:
     def min(self, axis=None, keepdims=False):
         return _ops().min(self, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
-        return _ops().mean(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False, dtype=None):
+        return _ops().mean(self, axis=axis, keepdims=keepdims, dtype=dtype)
 
-    def var(self, axis=None, keepdims=False, ddof=0):
-        return _ops().var(self, axis=axis, keepdims=keepdims, ddof=ddof)
+    def var(self, axis=None, keepdims=False, ddof=0, *, corrected=False):
+        return _ops().var(self, axis=axis, keepdims=keepdims, ddof=ddof, corrected=corrected)
 
-    def std(self, axis=None, keepdims=False, ddof=0):
-        return _ops().std(self, axis=axis, keepdims=keepdims, ddof=ddof)
+    def std(self, axis=None, keepdims=False, ddof=0, *, corrected=False):
+        return _ops().std(self, axis=axis, keepdims=keepdims, ddof=ddof, corrected=corrected)
 
     def all(self, axis=None, keepdims=False):
         return _ops().all(self, axis=axis, keepdims=keepdims)

@@ -580,12 +580,20 @@ class LogSumExp(_Reduction):
 
 
 # --------------------------------------------------------------------------- public functions
-def sum(x, axis=None, keepdims=False, dtype=None):  # noqa: A001
+def _aesara_dtype(name, value):
+    """Check an Aesara accumulator-dtype keyword (``acc_dtype``): a dtype tapegrad has, or None."""
+    if value is not None and np.dtype(value).name not in ("float64", "float32", "int64", "int32", "bool"):
+        raise TypeError(f"{name}: unsupported dtype {value!r}")
+
+
+def sum(x, axis=None, keepdims=False, dtype=None, *, acc_dtype=None):  # noqa: A001
     """Sum over ``axis`` (None, int or tuple): ``np.sum(x, axis, dtype, keepdims)``.
 
     Int/bool inputs give int64 unless ``dtype`` is given.  Gradient: ``g``
-    broadcast back over the reduced axes.
+    broadcast back over the reduced axes.  ``acc_dtype`` (Aesara's keyword) is accepted: the compiled
+    programs already accumulate float32 sums in float64.
     """
+    _aesara_dtype("sum: acc_dtype", acc_dtype)
     return Sum(axis, keepdims, dtype)(as_tensor(x))
 
 
@@ -594,8 +602,10 @@ def mean(x, axis=None, keepdims=False, dtype=None):
     return Mean(axis, keepdims, dtype)(as_tensor(x))
 
 
-def prod(x, axis=None, keepdims=False):
-    """Product over ``axis``: ``np.prod``.  Gradient exact where ``x`` has zeros."""
+def prod(x, axis=None, keepdims=False, *, no_zeros_in_input=False, acc_dtype=None):
+    """Product over ``axis``: ``np.prod``.  Gradient exact where ``x`` has zeros (Aesara's
+    ``no_zeros_in_input`` hint is accepted and not needed; ``acc_dtype`` as for :func:`sum`)."""
+    _aesara_dtype("prod: acc_dtype", acc_dtype)
     return Prod(axis, keepdims)(as_tensor(x))
 
 
@@ -629,8 +639,9 @@ def any(x, axis=None, keepdims=False):  # noqa: A001
     return Any(axis, keepdims)(as_tensor(x))
 
 
-def var(x, axis=None, keepdims=False, ddof=0):
-    """Variance ``sum((x - mean(x))**2) / (n - ddof)`` over ``axis`` (``np.var``); ints give float64."""
+def var(x, axis=None, keepdims=False, ddof=0, *, corrected=False):
+    """Variance ``sum((x - mean(x))**2) / (n - ddof)`` over ``axis`` (``np.var``); ints give float64.
+    Always the two-pass form (mean first), so Aesara's ``corrected=True`` gives the same value."""
     from tapegrad.ops.elemwise import sqr
 
     x = as_tensor(x)
@@ -641,11 +652,11 @@ def var(x, axis=None, keepdims=False, ddof=0):
     return Mean(axis, keepdims, dtype, ddof)(sqr(centred))
 
 
-def std(x, axis=None, keepdims=False, ddof=0):
-    """Standard deviation ``sqrt(var(x, axis, ddof))`` (``np.std``)."""
+def std(x, axis=None, keepdims=False, ddof=0, *, corrected=False):
+    """Standard deviation ``sqrt(var(x, axis, ddof))`` (``np.std``; ``corrected`` as for :func:`var`)."""
     from tapegrad.ops.elemwise import sqrt
 
-    return sqrt(var(x, axis=axis, keepdims=keepdims, ddof=ddof))
+    return sqrt(var(x, axis=axis, keepdims=keepdims, ddof=ddof, corrected=corrected))
 
 
 def logsumexp(x, axis=None, keepdims=False):

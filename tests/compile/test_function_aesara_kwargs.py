@@ -74,3 +74,17 @@ def test_aesara_tensor_methods_round_take_repeat_diagonal_trace():
             np.testing.assert_array_equal(a, b)
     g = tg.function([x], tg.grad(x.trace() + x.diagonal(1).sum(), x))(xv)
     np.testing.assert_array_equal(g, [[1, 1, 0], [0, 1, 1], [0, 0, 1]])
+
+
+def test_aesara_reduction_keywords():
+    x = tg.fmatrix("x")
+    xv = np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3)
+    outs = [x.sum(acc_dtype="float64"), tg.sum(x, axis=0, acc_dtype="float64"), x.prod(no_zeros_in_input=True),
+            x.var(axis=1, corrected=True), tg.std(x, ddof=1, corrected=True), x.mean(axis=0, dtype="float64")]
+    got = tg.function([x], outs)(xv)
+    want = [xv.sum(), xv.sum(axis=0), xv.prod(), xv.var(axis=1), xv.std(ddof=1), xv.mean(axis=0, dtype=np.float64)]
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(TypeError, match="acc_dtype"):
+        x.sum(acc_dtype="complex128")
