@@ -329,8 +329,24 @@ class Roll(Op):
 
 
 def roll(x, shift, axis=None):
-    """Elements of ``x`` shifted by ``shift`` (int or int scalar) along ``axis``; they wrap around."""
+    """Elements of ``x`` shifted by ``shift`` (int or int scalar) along ``axis``; they wrap around.  As in
+    NumPy, ``shift`` and ``axis`` may be tuples (broadcast against each other): one roll per pair."""
     x = as_tensor(x)
+    if isinstance(axis, (list, tuple)) or isinstance(shift, (list, tuple)):
+        if axis is None:
+            raise ValueError("roll: a tuple shift needs an axis for each entry (NumPy rolls the flattened array "
+                             "by their sum; pass axis=...)")
+        shifts = list(shift) if isinstance(shift, (list, tuple)) else [shift]
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        if len(shifts) == 1:
+            shifts = shifts * len(axes)
+        if len(axes) == 1:
+            axes = axes * len(shifts)
+        if len(shifts) != len(axes):
+            raise ValueError(f"roll: shift {shift!r} and axis {axis!r} do not broadcast")
+        for sh, ax in zip(shifts, axes):
+            x = roll(x, sh, ax)
+        return x
     if axis is not None:
         axis = _axis(axis, x.ndim, "roll")
     return Roll(axis)(x, shift)

@@ -748,8 +748,17 @@ class Stack(_JoinOp):
         return [_gcast(drop(p), x) for p, x in zip(pieces, inputs)]
 
 
-def stack(tensors, axis=0):
-    """Join ``tensors`` (all of one shape) along a new ``axis`` (``np.stack``)."""
+def stack(tensors, *more, axis=0):
+    """Join ``tensors`` (all of one shape) along a new ``axis`` (``np.stack``).  Aesara's older form
+    ``stack(a, b, c, axis=0)`` (the tensors as separate arguments) works too; with a list first, one more
+    positional argument is the axis."""
+    if isinstance(tensors, (list, tuple)):
+        if len(more) > 1:
+            raise TypeError(f"stack: expected (tensors, axis), got {1 + len(more)} positional arguments")
+        if more:
+            axis = more[0]
+    else:
+        tensors = [tensors, *more]
     tensors = [as_tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("stack: need at least one tensor")

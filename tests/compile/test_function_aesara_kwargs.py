@@ -88,3 +88,18 @@ def test_aesara_reduction_keywords():
         np.testing.assert_allclose(a, b, rtol=1e-6)
     with pytest.raises(TypeError, match="acc_dtype"):
         x.sum(acc_dtype="complex128")
+
+
+def test_stack_as_separate_arguments_and_roll_by_tuples():
+    a, b = tg.dvector("a"), tg.dvector("b")
+    x = tg.dmatrix("x")
+    av, bv, xv = np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.arange(12.0).reshape(3, 4)
+    outs = [tg.stack(a, b), tg.stack([a, b], 1), tg.stack(a, b, axis=1), tg.roll(x, (1, -2), axis=(0, 1)),
+            tg.roll(x, 1, axis=(0, 1)), tg.roll(x, (2, 1), axis=1)]
+    got = tg.function([a, b, x], outs)(av, bv, xv)
+    want = [np.stack([av, bv]), np.stack([av, bv], 1), np.stack([av, bv], axis=1),
+            np.roll(xv, (1, -2), axis=(0, 1)), np.roll(xv, 1, axis=(0, 1)), np.roll(xv, (2, 1), axis=1)]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        tg.roll(x, (1, 2, 3), axis=(0, 1))
