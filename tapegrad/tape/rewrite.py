@@ -279,6 +279,16 @@ def simplify(op, inputs, out_type):
         # pow(x, 1) is x for every IEEE x (nan, +-inf, -0.0 included)
         if _is_one(b) and _is_real(a) and _passes_through(a, b, out_type):
             return a
+    elif name == "switch":
+        c, a, b = inputs
+        # switch(constant c, a, b) with one c for every element and a size-1 constant as the branch not taken
+        # (the cotangents where(1.0, g, 0) of a switch's derivative rules): the taken branch, when it already
+        # has the result's dtype and rank (the size-1 constants then broadcast nothing)
+        if c.kind == "const" and c.data.size == 1 and all(n == 1 for n in c.data.shape):
+            taken, other = (a, b) if bool(c.data.reshape(())) else (b, a)
+            if (other.kind == "const" and other.data.size == 1 and all(n == 1 for n in other.data.shape)
+                    and other.data.ndim <= out_type.ndim and _passes_through(taken, c, out_type)):
+                return taken
     elif name == "neg":
         (a,) = inputs
         inner = a.instr

@@ -232,3 +232,19 @@ def test_rosenbrock_grad_tape_shrinks():
     got, _ = ReferenceEngine(t1).run([v], [])
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_switch_with_a_constant_condition_and_a_size_one_constant_branch_is_the_taken_branch():
+    import tapegrad as tg
+
+    x, m = tg.dvector("x"), tg.dmatrix("m")
+    f = tg.function([x], [tg.switch(1.0, x, 0.0), tg.switch(0, x, 2.0), tg.switch(1, 2.0, x)])
+    assert len(f.tape) == 2  # the two that broadcast a constant; the first is x itself
+    got = f(np.array([1.0, np.nan]))
+    np.testing.assert_array_equal(got[0], [1.0, np.nan])
+    np.testing.assert_array_equal(got[1], [2.0, 2.0])
+    assert tg.function([x, m], tg.switch(1, x, m))(np.ones(2), np.zeros((3, 2))).shape == (3, 2)
+    # the gradient of a switch of a constant condition has no switch left
+    g = tg.function([x], tg.grad(tg.sum(tg.switch(1.0, x * x, 0.0)), x))
+    assert "switch" not in str(g.tape)
+    np.testing.assert_array_equal(g(np.array([3.0])), [6.0])
