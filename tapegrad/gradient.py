@@ -243,10 +243,18 @@ def grad(
         for c in consider_constant:
             if not isinstance(c, Variable):
                 raise TypeError(f"Elements of consider_constant must be variables, but got {type(c).__name__}")
+        # a scan trajectory held constant holds its last step (``traj[-1]``, a sibling loop's output) too
+        consider_constant += [last for c in consider_constant for last in [_last_step_of(c)] if last is not None]
+
+    # ``traj[-1]`` is the output of a sibling loop that keeps only the last step, not a slice of ``traj``: the
+    # gradient with respect to ``traj`` also gets the last step's gradient, in its last row (as Aesara's)
+    last_of = {id(w): last for w in wrt_list for last in [_last_step_of(w)] if last is not None
+               and not any(last is v for v in wrt_list)}
+    extra = list(last_of.values())
 
     known_grads = dict(known_grads or {})
     outputs = ([cost] if cost is not None else []) + list(known_grads)
-    var_to_app, _ = _connected_subgraph(outputs, wrt_list, consider_constant)
+    var_to_app, _ = _connected_subgraph(outputs, wrt_list + extra, consider_constant)
 
     grad_dict = {}
     if cost is not None:
@@ -283,13 +291,30 @@ def grad(
         else:
             raise DisconnectedInputError(message)
 
-    for w in wrt_list:
+    for w in wrt_list + extra:
         if id(w) not in var_to_app and w is not cost and id(w) not in grad_dict:
-            handle_disconnected(w)
+            last = last_of.get(id(w))
+            if not any(w is e for e in extra) and (last is None or id(last) not in var_to_app):
+                handle_disconnected(w)
             grad_dict[id(w)] = disconnected_type()
 
     cost_name = cost.name if (add_names and cost is not None) else None
-    rval = _backprop(var_to_app, grad_dict, wrt_list, outputs, cost_name)
+    rval = _backprop(var_to_app, grad_dict, wrt_list + extra, outputs, cost_name)
+    rval, g_last = rval[:len(wrt_list)], dict(zip((id(e) for e in extra), rval[len(wrt_list):]))
+    last_rows = set()
+    for i, w in enumerate(wrt_list):
+        last = last_of.get(id(w))
+        gl = None if last is None else g_last[id(last)]
+        if gl is None or isinstance(gl.type, DisconnectedType):
+            continue
+        if isinstance(gl.type, NullType):
+            rval[i] = gl
+            continue
+        from tapegrad.ops import inc_subtensor, zeros_like
+
+        base = zeros_like(w) if isinstance(rval[i].type, DisconnectedType) else rval[i]
+        rval[i] = inc_subtensor(base[-1], gl)
+        last_rows.add(i)
 
     for i, g in enumerate(rval):
         if isinstance(g.type, NullType):
@@ -319,7 +344,20 @@ def grad(
         why = "consider_constant"
     _tag_results(rval, dict(kind="grad", f=[cost], wrt=list(wrt_list), points=[None]), why,
                  list(known_grads.values()), outputs + wrt_list + list(consider_constant))
+    for i in last_rows:
+        if rval[i] is not None:
+            rval[i].tag["sweep"] = {"request": None, "why": "the gradient of a scan trajectory read as traj[-1]"}
     return _mirror(wrt, rval)
+
+
+def _last_step_of(v):
+    """The keep-last sibling output that ``traj[-1]`` returned for the scan trajectory ``v``, or None."""
+    node = getattr(v, "owner", None)
+    siblings = None if node is None else node.__dict__.get("_scan_last")
+    if siblings is None:
+        return None
+    j = next((k for k, o in enumerate(node.outputs) if o is v), None)
+    return None if j is None else siblings[j]
 
 
 # --------------------------------------------------------------------------- provenance (the sweep route)

@@ -175,9 +175,10 @@ def test_nested_scan_passes_non_sequences_through():
 
 
 # --------------------------------------------------------------------------- audit: traj[-1]
-@pytest.mark.xfail(reason="traj[-1] is a sibling keep-last loop built at graph construction, not a slice of traj "
-                          "(needs a compile-time rewrite in the tape builder; see docs/scan.md)", strict=False)
-def test_last_step_is_a_slice_of_the_trajectory():
+def test_the_gradient_with_respect_to_a_trajectory_sees_its_last_step():
+    """``traj[-1]`` is a sibling loop's output (it keeps only the last step), but derivatives with respect to
+    ``traj`` treat it as the slice it stands for: the last row gets its gradient, and holding ``traj``
+    constant holds it too (Aesara's values)."""
     x0, W = tg.dvector("x0"), tg.dmatrix("W")
     traj, _ = tg.scan(lambda h, W: tg.tanh(tg.dot(W, h)), outputs_info=x0, non_sequences=W, n_steps=4)
     c = (traj[-1] ** 2).sum()
@@ -189,3 +190,26 @@ def test_last_step_is_a_slice_of_the_trajectory():
     np.testing.assert_allclose(g, want, rtol=1e-14)
     blocked = tg.grad(c, x0, consider_constant=[traj], disconnected_inputs="ignore")
     np.testing.assert_array_equal(tg.function([x0, W], blocked, on_unused_input="ignore")(a, M), 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_cost_of_the_trajectory_and_its_last_step(dtype):
+    x0, W = tg.vector("x0", dtype=dtype), tg.matrix("W", dtype=dtype)
+    traj, _ = tg.scan(lambda h, W: tg.tanh(tg.dot(W, h)), outputs_info=x0, non_sequences=W, n_steps=3)
+    c = (traj[-1] ** 2).sum() + (3 * traj).sum()
+    a, M = np.array([0.5, -0.3], dtype), np.array([[0.9, 0.2], [-0.1, 0.8]], dtype)
+    t = tg.function([x0, W], traj)(a, M)
+    g = tg.function([x0, W], tg.grad(c, traj))(a, M)
+    want = np.full_like(t, 3)
+    want[-1] += 2 * t[-1]
+    assert g.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(g, want, rtol=1e-6 if dtype == "float32" else 1e-14)
+    # the gradient with respect to the loop's inputs is unchanged by it
+    gx = tg.function([x0, W], tg.grad(c, x0))(a, M)
+    if dtype == "float64":
+        eps = 1e-6
+        f = tg.function([x0, W], c)
+        num = [(f(a + eps * e, M) - f(a - eps * e, M)) / (2 * eps) for e in np.eye(2)]
+        np.testing.assert_allclose(gx, num, rtol=1e-7)
+    with pytest.raises(tg.DisconnectedInputError):
+        tg.grad((x0 ** 2).sum(), traj)
