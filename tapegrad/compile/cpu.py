@@ -383,9 +383,14 @@ class Plan:
             op = tape.ops[k]
             op.perform(self.engine.node(k), ins, storage)
             results = [st[0] for st in storage]
+        user = getattr(tape.ops[k], "code", None) is None  # a user op: its perform is checked as on device="python"
         for s, r in zip(out_slots, results):
             r = np.asarray(r)
             v = self.view(s)
+            if user and (r.dtype.name != self.engine.slot_dtypes[s] or r.ndim != v.ndim):
+                raise TypeError(f"{tape.ops[k]}.perform produced {r.dtype.name} with shape {r.shape} for "
+                                f"{self.engine.slot_name(s)}, whose type is {self.engine.slot_dtypes[s]} with "
+                                f"{v.ndim} dimension(s)")
             if r.shape != v.shape:
                 raise ValueError(f"CPU engine: {tape.ops[k]} (instruction {k}) produced shape {r.shape} for "
                                  f"{self.engine.slot_name(s)}, the plan expected {v.shape}")

@@ -290,3 +290,22 @@ def test_plan_time_value_makes_a_value_dependent_rule_static():
     f = tg.function([x, k], Head()(x, k), tier="interp")
     np.testing.assert_array_equal(f(np.arange(4.0), 2), [0.0, 1.0])
     assert f._engine._dynamic
+
+
+@pytest.mark.parametrize("device", ["python", "cpu"])
+def test_a_perform_of_the_wrong_dtype_raises_the_same_type_error_on_every_device(device):
+    class Bad(tg.Op):
+        def make_node(self, a):
+            a = tg.as_tensor(a)
+            return tg.Apply(self, [a], [a.type()])
+
+        def perform(self, node, inputs, outputs):
+            outputs[0][0] = (inputs[0] * 2).astype(np.float32)
+
+    x = tg.dvector("x")
+    f = tg.function([x], Bad()(x) + 1, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the cpu engine's note that a user op runs in Python)
+        with pytest.raises(TypeError, match=r"Bad\.perform produced float32 with shape \(2,\) for .*whose type is "
+                                            r"float64 with 1 dimension\(s\)"):
+            f(np.ones(2))
