@@ -584,24 +584,17 @@ def _zero_tangent(x):
         return None
 
 
-def _tangent_pass(f_list, wrt_list, points, bit=None):
+def _tangent_pass(f_list, wrt_list, points):
     """The forward (tangent) sweep: ``{id(var): tangent}`` for ``wrt`` and every variable a tangent reaches.
 
     Built-in ops get None for an input without a tangent (zero, and cheaper); user ops (no op code) get
-    ``zeros_like(input)`` there instead, as Aesara's ``Rop`` passes them.  With ``bit`` (``{id(w): int}``),
-    also returns ``{id(var): mask}``: the OR of the bits of the ``wrt`` whose tangents flow into ``var``'s.
+    ``zeros_like(input)`` there instead, as Aesara's ``Rop`` passes them.
     """
     tangent = {id(w): p for w, p in zip(wrt_list, points)}
-    flow = {k: m for k, m in (bit or {}).items() if tangent.get(k) is not None}
     for node in toposort(f_list, blockers=wrt_list):
         ins = [tangent.get(id(x)) for x in node.inputs]
         if all(u is None for u in ins):
             continue
-        m = 0
-        if flow:
-            for x, u in zip(node.inputs, ins):
-                if u is not None:
-                    m |= flow.get(id(x), 0)
         if getattr(node.op, "code", None) is None:
             ins = [_zero_tangent(x) if u is None else u for x, u in zip(node.inputs, ins)]
         try:
@@ -621,67 +614,8 @@ def _tangent_pass(f_list, wrt_list, points, bit=None):
                 if t.dtype != want:
                     t = t.astype(want)
                 tangent[id(o)] = t
-                if m:
-                    flow[id(o)] = m
-    return (tangent, flow) if bit is not None else tangent
+    return tangent
 
-
-def _leaves_found(root, want, bit):
-    """The bits of ``want`` (an OR of ``bit`` values) whose variables ``root`` depends on (breadth first,
-    stopping as soon as all are found: a point the tangent uses is usually near its top)."""
-    found, seen, queue, head = 0, {id(root)}, [root], 0
-    while head < len(queue) and found != want:
-        v = queue[head]
-        head += 1
-        found |= bit.get(id(v), 0) & want
-        if v.owner is not None:
-            for x in v.owner.inputs:
-                if id(x) not in seen:
-                    seen.add(id(x))
-                    queue.append(x)
-    return found
-
-
-def _anchorable_bits(wrt_list, points):
-    """``{id(w): bit}`` for the root (input or shared) ``wrt`` that have a point."""
-    bit = {}
-    for w, p in zip(wrt_list, points):
-        if (p is None or w.owner is not None or isinstance(w, Constant) or id(w) in bit
-                or isinstance(p.type, (NullType, DisconnectedType)) or getattr(w.type, "ndim", None) is None):
-            continue
-        bit[id(w)] = 1 << len(bit)
-    return bit
-
-
-def _anchor_points(f_list, wrt_list, points, tangent, flow, bit):
-    """Points wrapped so that each tangent depends on the variables it was taken at, or None if none needs it.
-
-    Aesara's ``Rop`` graph keeps the points it is taken at (``Rop(dot(x, W), W, V)`` is
-    ``dot(zeros_like(x), W) + dot(x, V)``), so ``function([W, V, x], Rop(...))`` does not report ``W`` as
-    unused.  Here built-in ops give ``dot(x, V)``: where the tangent of ``f[i]`` gets a contribution from
-    the point of a root ``wrt[j]`` but does not use ``wrt[j]`` itself, that point becomes
-    ``specify_shape(point, shape(wrt[j]))`` -- the same values (no NaN/inf effect; the engines run it as a
-    view of the point, and ``shape`` of an input is known when the function is planned), and a check that
-    the point has the shape of the variable it is a tangent of.
-    """
-    in_wrt = {id(w) for w in wrt_list}
-    missing = 0
-    for out in f_list:
-        t = tangent.get(id(out))
-        need = flow.get(id(out), 0) & ~missing
-        if not need or id(out) in in_wrt or not isinstance(t, Variable):
-            continue
-        missing |= need & ~_leaves_found(t, need, bit)
-    if not missing:
-        return None
-    from tapegrad.ops.alloc import SpecifyShape
-    from tapegrad.ops.shape import shape
-
-    anchored = list(points)
-    for k, (w, p) in enumerate(zip(wrt_list, points)):
-        if bit.get(id(w), 0) & missing:
-            anchored[k] = SpecifyShape()(p, shape(w))
-    return anchored
 
 def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero"):
     """Jacobian-vector product ``sum_j d f / d wrt[j] . eval_points[j]`` by a forward (tangent) pass.
@@ -700,13 +634,12 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
     points = _check_eval_points(wrt_list, _as_list(eval_points), "Rop")
     if disconnected_outputs not in ("ignore", "warn", "raise"):
         raise ValueError("disconnected_outputs must be 'ignore', 'warn' or 'raise'")
-    bit = _anchorable_bits(wrt_list, points)
-    tangent, flow = _tangent_pass(f_list, wrt_list, points, bit)
-    anchored = _anchor_points(f_list, wrt_list, points, tangent, flow, bit) if flow else None
-    if anchored is not None:
-        tangent = _tangent_pass(f_list, wrt_list, anchored)
-        for w, p in zip(wrt_list, points):  # an output that is itself in wrt: its tangent is the point, as given
-            tangent[id(w)] = p
+    tangent = _tangent_pass(f_list, wrt_list, points)
+    # Aesara's Rop graph keeps the points it is taken at (``Rop(dot(x, W), W, V)`` is
+    # ``dot(zeros_like(x), W) + dot(x, V)``), so ``function([W, V, x], Rop(...))`` does not report ``W`` as
+    # unused; here built-in ops give ``dot(x, V)``, and each tangent records its root points instead (read by
+    # ``function``'s unused-input check through every expression built on the tangent)
+    roots = [w for w in wrt_list if w.owner is None and not isinstance(w, Constant)]
     rval = []
     for out in f_list:
         t = tangent.get(id(out))
@@ -730,6 +663,8 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
                 raise ValueError("return_disconnected must be 'zero', 'none' or 'disconnected'")
             if t is not None and not isinstance(t.type, DisconnectedType):
                 t.tag["sweep"] = {"request": None, "why": "disconnected"}
+        if roots and isinstance(t, Variable) and t.owner is not None:
+            t.tag["rop_points"] = roots
         rval.append(t)
     request = dict(kind="Rop", f=list(f_list), wrt=list(wrt_list), points=points)
     connected = [t if id(out) in tangent else None for out, t in zip(f_list, rval)]

@@ -403,15 +403,22 @@ def function(inputs, outputs=None, updates=None, givens=None, device=None, on_un
             tape, taken, notes = compile_outputs(inputs, outs0, upd0, given, strict=route == "sweep")
         if tape is None:
             tape = build_tape(inputs, outs, upd)
-    _check_unused(inputs, outs + [e for _, e in upd], on_unused_input)
+    _check_unused(inputs, outs + [e for _, e in upd], on_unused_input, given=outs0 + [e for _, e in upd0])
     return Function(inputs, outs, tape, single, device, name=name, tier=tier, nan_guard=nan_guard,
                     route=taken, route_notes=notes, allow_input_downcast=allow_input_downcast)
 
 
-def _check_unused(inputs, roots, policy):
+def _check_unused(inputs, roots, policy, given=()):
+    """Raise or warn about inputs no root depends on.  A Jacobian-vector product uses the points it was taken
+    at (``Rop``'s ``rop_points`` tag, on the roots' graph or on ``given``, the outputs before ``givens``), as
+    Aesara's Rop graph does, even where its value does not read them (``Rop(dot(x, W), W, V)`` is
+    ``dot(x, V)``)."""
     if policy == "ignore" or not inputs:
         return
-    used = {id(v) for v in ancestors(roots, blockers=inputs)}
+    found = ancestors(roots, blockers=inputs)
+    used = {id(v) for v in found}
+    tagged = found if not given else found + ancestors(list(given), blockers=inputs)
+    used |= {id(p) for v in tagged for p in v.tag.get("rop_points", ())}
     for i, x in enumerate(inputs):
         if isinstance(x, Variable) and id(x) not in used:
             msg = (
