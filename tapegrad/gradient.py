@@ -209,6 +209,24 @@ def grad(
     Variable or list/tuple of Variables
         ``d cost / d wrt[i]``, each with ``wrt[i]``'s dtype (floatX for integer ``wrt``).
     """
+    return _grad(cost, wrt, consider_constant, disconnected_inputs, add_names, known_grads, return_disconnected,
+                 null_gradients)
+
+
+def seeded_grad(known_grads, wrt, **kwargs):
+    """Reverse mode from several seeded outputs, each seed ADDED to what flows into its variable from the others.
+
+    ``grad(None, wrt, known_grads=...)`` follows Aesara: a seeded variable's gradient is its seed, whatever
+    else depends on it.  That is right for a user's ``Lop`` and wrong for the adjoint of a loop body, whose
+    outputs may feed one another (an RNN's new state is also read by its per-step output) or be the body's
+    inputs themselves (``fn`` returning a state unchanged): there every path must count.  Same keywords as
+    :func:`grad`.
+    """
+    return _grad(None, wrt, known_grads=known_grads, accumulate_known=True, **kwargs)
+
+
+def _grad(cost, wrt, consider_constant=None, disconnected_inputs="raise", add_names=True, known_grads=None,
+          return_disconnected="zero", null_gradients="raise", accumulate_known=False):
     if cost is None and not known_grads:
         raise _MissingSourceError("cost and known_grads can't both be None.")
     if cost is not None:
@@ -256,7 +274,7 @@ def grad(
     outputs = ([cost] if cost is not None else []) + list(known_grads)
     var_to_app, _ = _connected_subgraph(outputs, wrt_list + extra, consider_constant)
 
-    grad_dict = {}
+    grad_dict, seeds = {}, {}
     if cost is not None:
         g_cost = known_grads.get(cost)
         if g_cost is None:
@@ -274,7 +292,10 @@ def grad(
                 "Gradients must always be NullType, DisconnectedType, or continuous, but grad was "
                 f"given a known_grad of type {g.type} for {var}"
             )
-        grad_dict[id(var)] = g
+        if accumulate_known:
+            seeds[id(var)] = seeds[id(var)] + g if id(var) in seeds else g
+        else:
+            grad_dict[id(var)] = g
 
     warned = set()
 
@@ -287,19 +308,19 @@ def grad(
             f"the computational graph of the cost, or is used only by a non-differentiable operator: {_describe(var)}"
         )
         if disconnected_inputs == "warn":
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, UserWarning, stacklevel=4)
         else:
             raise DisconnectedInputError(message)
 
     for w in wrt_list + extra:
-        if id(w) not in var_to_app and w is not cost and id(w) not in grad_dict:
+        if id(w) not in var_to_app and w is not cost and id(w) not in grad_dict and id(w) not in seeds:
             last = last_of.get(id(w))
             if not any(w is e for e in extra) and (last is None or id(last) not in var_to_app):
                 handle_disconnected(w)
             grad_dict[id(w)] = disconnected_type()
 
     cost_name = cost.name if (add_names and cost is not None) else None
-    rval = _backprop(var_to_app, grad_dict, wrt_list + extra, outputs, cost_name)
+    rval = _backprop(var_to_app, grad_dict, wrt_list + extra, outputs, cost_name, seeds)
     rval, g_last = rval[:len(wrt_list)], dict(zip((id(e) for e in extra), rval[len(wrt_list):]))
     last_rows = set()
     for i, w in enumerate(wrt_list):
@@ -397,18 +418,25 @@ def _retag(results, from_why, request, why_if_not):
             g.tag["sweep"] = {"request": request, "index": i}
 
 
-def _backprop(var_to_app, grad_dict, wrt, outputs, cost_name):
-    """Aesara's ``_populate_grad_dict``, iterative: nodes in reverse topological order."""
+def _backprop(var_to_app, grad_dict, wrt, outputs, cost_name, seeds=None):
+    """Aesara's ``_populate_grad_dict``, iterative: nodes in reverse topological order.
+
+    ``seeds`` (``seeded_grad``): gradients added to the terms a variable gets from its clients (a seed in
+    ``grad_dict`` is used as given instead, Aesara's ``known_grads``)."""
+    seeds = seeds or {}
     term_dict = {}
 
     def grad_of(var):
         key = id(var)
         if key in grad_dict:
             return grad_dict[key]
+        seed = seeds.get(key)
         if key not in var_to_app:
-            grad_dict[key] = disconnected_type()
+            grad_dict[key] = disconnected_type() if seed is None else seed
             return grad_dict[key]
         null_terms, terms = [], []
+        if seed is not None and not isinstance(seed.type, DisconnectedType):
+            (null_terms if isinstance(seed.type, NullType) else terms).append(seed)
         for node, idxs in var_to_app[key].items():
             node_terms = terms_of(node)
             for i in idxs:

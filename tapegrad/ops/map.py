@@ -166,7 +166,7 @@ class MapRows(Op):
         return [[self._deps[j][i] for j in range(len(self.inner_outputs))] for i in range(len(self.inner_inputs))]
 
     def L_op(self, inputs, outputs, output_grads):
-        from tapegrad.gradient import grad
+        from tapegrad.gradient import seeded_grad
         from tapegrad.ops import sum as _sum
         from tapegrad.ops import zeros_like
 
@@ -175,8 +175,8 @@ class MapRows(Op):
         known = {}
         for o, gy in zip(self.inner_outputs, gys):
             known[o] = gy if o not in known else known[o] + gy
-        inner_g = grad(
-            None, self.inner_inputs, known_grads=known, disconnected_inputs="ignore",
+        inner_g = seeded_grad(
+            known, self.inner_inputs, disconnected_inputs="ignore",
             return_disconnected="disconnected", null_gradients="return",
         )
         result = [None] * len(inputs)

@@ -40,7 +40,7 @@ class ScanGrad(Op):
     kind = "general"
 
     def __init__(self, scan_op):
-        from tapegrad.gradient import grad
+        from tapegrad.gradient import seeded_grad
 
         op = self.scan_op = scan_op
         self.checkpoint, self.snapshots = op.checkpoint, op.snapshots
@@ -56,8 +56,8 @@ class ScanGrad(Op):
             known[o] = c if o not in known else known[o] + c
         self.null = None
         if known and self.wrt:
-            g = grad(None, [op.inner_inputs[i] for i in self.wrt], known_grads=known, disconnected_inputs="ignore",
-                     return_disconnected="zero", null_gradients="return")
+            g = seeded_grad(known, [op.inner_inputs[i] for i in self.wrt], disconnected_inputs="ignore",
+                            return_disconnected="zero", null_gradients="return")
             self.null = next((v for v in g if isinstance(v.type, NullType)), None)
         else:
             from tapegrad.ops import zeros_like
