@@ -512,15 +512,75 @@ def _inner_shapes(inner_inputs, inner_outputs, in_shapes):
 
 
 # --------------------------------------------------------------------------- scan()
-def _dict_entry(entry, key, what):
-    taps = entry.get("taps", [-1] if key == "initial" else [0])
-    want = [-1] if key == "initial" else [0]
-    if taps is None or list(taps) != want:
-        raise NotImplementedError(
-            f"scan: {what} with taps={taps!r} is not supported; only taps={want} (the previous step"
-            f"{'' if key == 'initial' else ' / the current slice'})"
-        )
-    return entry.get(key if key == "initial" else "input")
+def _taps_of(entry, what, default):
+    """A dict entry's ``taps`` as a list of ints (Aesara accepts one int; None means the default)."""
+    taps = entry.get("taps", None)
+    if taps is None:
+        return list(default)
+    taps = [taps] if _is_int_scalar(taps) else list(taps)
+    bad = [t for t in taps if not _is_int_scalar(t)]
+    if bad:
+        raise TypeError(f"scan: {what}: taps must be ints, got {bad[0]!r}")
+    return [int(t) for t in taps]
+
+
+def _tap_name(name, k):
+    if name is None:
+        return None
+    return f"{name}[t]" if k == 0 else f"{name}[t{k:+d}]"
+
+
+def _sequence_slices(entry, k, go_backwards):
+    """``[(slice of the outer sequence, tap)]`` for sequence ``k``: Aesara's cut for taps, so that row ``t`` of
+    the slice of tap ``d`` is ``x[t + d - min(taps, 0)]``; each slice reversed for ``go_backwards``."""
+    if isinstance(entry, dict):
+        if entry.get("input") is None:
+            raise ValueError(f"scan: sequence {k} is a dict without 'input': {entry!r}")
+        taps = _taps_of(entry, f"sequence {k}", [0])
+        x = as_tensor(entry["input"])
+    else:
+        taps, x = [0], as_tensor(entry)
+    if x.ndim < 1:
+        raise ValueError(f"scan: sequence {k} ({x}) must have at least one dimension, got a scalar")
+    lo, hi = min(taps + [0]), max(taps + [0])
+    out = []
+    for d in taps:
+        start = d - lo
+        cut = x if lo == hi == d else x[start:] if d == hi else x[start:d - hi]
+        out.append((cut[::-1] if go_backwards else cut, d))
+    return x, out
+
+
+def _output_entry(entry, k):
+    """``(initial, taps)`` of ``outputs_info[k]``; ``(None, None)`` for an output that is not fed back."""
+    if not isinstance(entry, dict):
+        return (None, None) if entry is None else (as_tensor(entry), [-1])
+    if entry.get("return_steps") is not None:
+        raise ValueError("scan: 'return_steps' is not supported (as in Aesara, index the output instead)")
+    init = entry.get("initial")
+    if init is None:
+        if entry.get("taps") is not None:
+            raise ValueError(f"scan: outputs_info[{k}] has taps but no initial state: {entry!r} (give 'initial')")
+        return None, None
+    taps = _taps_of(entry, f"outputs_info[{k}]", [-1])
+    if len(set(taps)) != len(taps):
+        raise ValueError(f"scan: outputs_info[{k}]: the taps must be different, got {taps}")
+    if any(t >= 0 for t in taps):
+        raise ValueError(f"scan: outputs_info[{k}]: the taps of an output must be < 0 (past steps), got {taps}")
+    if not taps:                       # Aesara: no tap reads the past; the initial value is not used
+        return None, None
+    init = as_tensor(init)
+    if taps != [-1]:
+        depth = -min(taps)
+        if init.ndim < 1:
+            raise ValueError(
+                f"scan: outputs_info[{k}] with taps={taps} needs an initial value with a leading axis of at "
+                f"least {depth} past steps, got a scalar")
+        if init.type.shape[0] is not None and init.type.shape[0] < depth:
+            raise ValueError(
+                f"scan: outputs_info[{k}] with taps={taps} needs {depth} past steps in its initial value, "
+                f"got {init.type.shape[0]} (shape {init.type.shape})")
+    return init, taps
 
 
 def _listify(x):
@@ -578,11 +638,14 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
         Returns one Variable or a list/tuple (one per ``outputs_info`` entry).
         Variables it uses without receiving them become implicit non-sequences.
     sequences : Variable or list
-        Iterated along axis 0 (``dict(input=x, taps=[0])`` also accepted).
+        Iterated along axis 0.  ``dict(input=x, taps=[d1, ..])``: ``fn`` gets
+        ``x[t + d - min(taps, 0)]`` for each tap ``d``, in the order given
+        (Aesara's cut: ``max(taps, 0) - min(taps, 0)`` fewer steps).
     outputs_info : None, Variable or list
         Per output: its initial value (fed back: ``fn`` gets the previous
-        value; ``dict(initial=x, taps=[-1])`` also accepted; other taps raise
-        ``NotImplementedError``), or None (not fed back).
+        value), ``dict(initial=y0, taps=[-k1, ..])`` (``fn`` gets the values
+        ``k1, ..`` steps back, in the order given; ``y0[K - k]`` is the value
+        ``k`` steps before the first, ``K = max k``), or None (not fed back).
     non_sequences : Variable or list
         Passed unchanged to every step.  As in Aesara, ``fn`` receives these
         variables themselves (numbers and arrays after ``as_tensor``), and
@@ -638,23 +701,32 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
     if not callable(fn):
         raise TypeError(f"scan: fn must be callable, got {type(fn).__name__}")
 
-    seqs = []
-    for k, s in enumerate(_listify(sequences)):
-        if isinstance(s, dict):
-            s = _dict_entry(s, "input", f"sequence {k}")
-        s = as_tensor(s)
-        if s.ndim < 1:
-            raise ValueError(f"scan: sequence {k} ({s}) must have at least one dimension, got a scalar")
-        seqs.append(s[::-1] if go_backwards else s)
+    # -- sequences: one sliced sequence per tap (Aesara's cut), fn gets their rows in the taps' order
+    seqs, x_in = [], []
+    for k, entry in enumerate(_listify(sequences)):
+        x, cuts = _sequence_slices(entry, k, go_backwards)
+        for cut, d in cuts:
+            seqs.append(cut)
+            x_in.append(_placeholder(TensorType(x.dtype, x.type.shape[1:]), _tap_name(x.name, d)))
 
-    info = None if outputs_info is None else _listify(outputs_info)
-    inits = None
-    if info is not None:
-        inits = []
-        for k, e in enumerate(info):
-            if isinstance(e, dict):
-                e = _dict_entry(e, "initial", f"outputs_info[{k}]") if e.get("initial") is not None else None
-            inits.append(None if e is None else as_tensor(e))
+    # -- recurrent outputs: taps [-1] carry the state itself; other taps carry the last ``depth`` values as
+    # ``depth`` states w_1 = y[t-1] .. w_depth = y[t-depth] (w_i' = w_{i-1}), fn gets w_{-d} for each tap d
+    entries = None if outputs_info is None else [_output_entry(e, k) for k, e in enumerate(_listify(outputs_info))]
+    windows = {}                     # user output j -> [(initial value of w_i, placeholder w_i)] for i = 1..depth
+    s_args = []                      # fn's arguments for the recurrent outputs, in Aesara's order
+    for j, (init, taps) in enumerate(entries or []):
+        if init is None:
+            continue
+        if taps == [-1]:
+            w = [(init, _placeholder(init.type, None if init.name is None else f"{init.name}[t-1]"))]
+        else:
+            depth = -min(taps)
+            step_type = TensorType(init.dtype, init.type.shape[1:])
+            w = [(init[depth - i], _placeholder(step_type, _tap_name(init.name, -i))) for i in range(1, depth + 1)]
+        windows[j] = w
+        s_args += [w[-d - 1][1] for d in taps]
+    s_in = [ph for j in windows for _, ph in windows[j]]
+    inits = None if entries is None else [None if j not in windows else windows[j][0][0] for j in range(len(entries))]
 
     explicit = [as_tensor(p) for p in _listify(non_sequences)]
 
@@ -670,14 +742,10 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
         n_var, given = as_int_scalar(n_steps, "scan", "n_steps"), True
 
     # -- trace fn on placeholders
-    x_in = [_placeholder(TensorType(s.dtype, s.type.shape[1:]), None if s.name is None else f"{s.name}[t]")
-            for s in seqs]
-    s_in = [] if inits is None else [_placeholder(v.type, None if v.name is None else f"{v.name}[t-1]")
-                                     for v in inits if v is not None]
     p_in = [p if isinstance(p, Constant) else _placeholder(p.type, p.name) for p in explicit]
     # fn gets the non-sequences themselves (Aesara's convention: so ``tg.grad(y[i], x)`` inside fn sees how the
     # outer ``y`` depends on the outer ``x``); the inner placeholders replace them once fn has returned
-    result = fn(*x_in, *s_in, *explicit)
+    result = fn(*x_in, *s_args, *explicit)
     outs, updates = _split_result(result)
     if updates:
         raise NotImplementedError("scan: updates of shared variables returned by fn are not supported")
@@ -695,7 +763,7 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
     state_idx = [j for j, v in enumerate(inits) if v is not None]
     nit_idx = [j for j, v in enumerate(inits) if v is None]
     for k, j in enumerate(state_idx):
-        o, init = outs[j], inits[j]
+        o, init = outs[j], windows[j][0][1]
         if o.dtype != init.dtype or o.ndim != init.ndim:
             raise TypeError(
                 f"scan: output {j} of fn has type {o.type} but its initial value in outputs_info ({init}) has "
@@ -711,7 +779,9 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
 
     # -- closure: outer variables fn used without receiving them
     inner_in = x_in + s_in + [p for p in p_in if not isinstance(p, Constant)]
-    ordered = [outs[j] for j in state_idx] + [outs[j] for j in nit_idx]
+    # new states: w_1' = fn's output, w_i' = w_{i-1} (a window moves by one step)
+    ordered = [outs[j] if i == 0 else windows[j][i - 1][1] for j in state_idx for i in range(len(windows[j]))]
+    ordered += [outs[j] for j in nit_idx]
     depends = set(map(id, inner_in))
     nodes = toposort(ordered, blockers=inner_in)
     for node in nodes:
@@ -745,8 +815,12 @@ def scan(fn, sequences=None, outputs_info=None, non_sequences=None, n_steps=None
     outer_p = [p for p in explicit if not isinstance(p, Constant)]
     op = Scan(inner_in + c_in, inner_out, len(x_in), len(s_in), checkpoint=checkpoint, snapshots=snapshots,
               n_steps_given=given, name=name)
-    res = op.make_node(n_var, *seqs, *[inits[j] for j in state_idx], *outer_p, *closure).outputs
-    by_user = {j: res[k] for k, j in enumerate(state_idx + nit_idx)}
+    res = op.make_node(n_var, *seqs, *[v for j in state_idx for v, _ in windows[j]], *outer_p, *closure).outputs
+    first = [0]
+    for j in state_idx:
+        first.append(first[-1] + len(windows[j]))
+    by_user = {j: res[first[k]] for k, j in enumerate(state_idx)}
+    by_user.update({j: res[first[-1] + k] for k, j in enumerate(nit_idx)})
     for j, v in by_user.items():
         if outs[j].name is not None:
             v.name = outs[j].name

@@ -193,10 +193,10 @@ def test_outputs_info_dict_and_taps():
     x0 = tg.dscalar("x0")
     out, _ = tg.scan(lambda h: h + 1, outputs_info=dict(initial=x0, taps=[-1]), n_steps=2)
     np.testing.assert_array_equal(fn([x0], out)(1.0), [2.0, 3.0])
-    with pytest.raises(NotImplementedError, match="taps"):
-        tg.scan(lambda a, b: a + b, outputs_info=dict(initial=tg.dvector("x"), taps=[-2, -1]), n_steps=3)
-    with pytest.raises(NotImplementedError, match="taps"):
-        tg.scan(lambda a, b: a + b, sequences=dict(input=tg.dvector("x"), taps=[-1, 0]))
+    # other taps: tests/ops/test_scan_taps.py
+    fib, _ = tg.scan(lambda a, b: a + b, outputs_info=dict(initial=tg.constant(np.array([0.0, 1.0])), taps=[-2, -1]),
+                     n_steps=6)
+    np.testing.assert_array_equal(fn([], fib)(), [1.0, 2.0, 3.0, 5.0, 8.0, 13.0])
 
 
 def test_closure_variables_become_implicit_non_sequences():
