@@ -18,7 +18,7 @@ from functools import reduce
 import numpy as np
 
 from tapegrad.config import config
-from tapegrad.graph import Constant, Variable, ancestors, as_tensor, is_float_dtype, toposort
+from tapegrad.graph import Constant, Variable, ancestors, as_tensor, clone_replace, is_float_dtype, toposort
 from tapegrad.op import (  # noqa: F401  (re-exported)
     DisconnectedType,
     NullType,
@@ -28,6 +28,7 @@ from tapegrad.op import (  # noqa: F401  (re-exported)
     is_disconnected,
     is_null,
 )
+from tapegrad.ops.scan import full_loops
 from tapegrad.ops.modifiers import (  # noqa: F401  (re-exported)
     consider_constant,
     disconnected_grad,
@@ -271,6 +272,8 @@ def _grad(cost, wrt, consider_constant=None, disconnected_inputs="raise", add_na
     extra = list(last_of.values())
 
     known_grads = dict(known_grads or {})
+    if cost is not None and not known_grads:
+        cost = _one_loop_per_scan(cost, wrt_list + list(consider_constant))
     outputs = ([cost] if cost is not None else []) + list(known_grads)
     var_to_app, _ = _connected_subgraph(outputs, wrt_list + extra, consider_constant)
 
@@ -369,6 +372,33 @@ def _grad(cost, wrt, consider_constant=None, disconnected_inputs="raise", add_na
         if rval[i] is not None:
             rval[i].tag["sweep"] = {"request": None, "why": "the gradient of a scan trajectory read as traj[-1]"}
     return _mirror(wrt, rval)
+
+
+def _one_loop_per_scan(cost, keep):
+    """``cost`` with each ``traj[-1]`` read as the last row of ``traj`` where the cost uses both.
+
+    ``traj[-1]`` is the output of a sibling loop that keeps only the last step (no stored trajectory); a cost
+    that also uses ``traj`` itself would be differentiated through both loops (two reverse sweeps).  Read as a
+    row of ``traj`` (the same values), one reverse sweep carries both.  Not done when a variable in ``keep``
+    (``wrt``, ``consider_constant``) lies between the sibling and the cost (the rebuilt part of the graph).
+    """
+    nodes = toposort([cost])
+    repl = {}
+    for full in full_loops(nodes).values():
+        for j, o in enumerate(full.__dict__["_scan_last"]):
+            repl[o] = full.outputs[j] if full.op.keep_last[j] else Variable.__getitem__(full.outputs[j], -1)
+    if not repl:
+        return cost
+    down = set(map(id, repl))
+    for n in nodes:
+        if any(id(x) in down for x in n.inputs):
+            down.update(id(o) for o in n.outputs)
+    if any(id(v) in down for v in keep):
+        return cost
+    new = clone_replace([cost], repl)[0]
+    if new.name is None:
+        new.name = cost.name
+    return new
 
 
 def _last_step_of(v):
@@ -619,30 +649,48 @@ def _tangent_pass(f_list, wrt_list, points):
     ``zeros_like(input)`` there instead, as Aesara's ``Rop`` passes them.
     """
     tangent = {id(w): p for w, p in zip(wrt_list, points)}
-    for node in toposort(f_list, blockers=wrt_list):
-        ins = [tangent.get(id(x)) for x in node.inputs]
-        if all(u is None for u in ins):
-            continue
-        if getattr(node.op, "code", None) is None:
-            ins = [_zero_tangent(x) if u is None else u for x, u in zip(node.inputs, ins)]
-        try:
-            outs = node.op.R_op(list(node.inputs), ins)
-        except NotImplementedError as e:
-            detail = f": {e}" if str(e) else ""
-            raise NotImplementedError(f"R_op of {node.op} is not implemented{detail}") from None
-        if outs is None or len(outs) != len(node.outputs):
-            raise ValueError(f"{node.op}.R_op returned the wrong number of tangents")
-        for o, t in zip(node.outputs, outs):
-            if t is not None and not isinstance(t, Variable):
-                t = as_tensor(t)
-            if t is not None and not isinstance(t.type, (DisconnectedType,)):
-                if isinstance(t.type, NullType):
-                    raise NullTypeGradError(f"Rop encountered a NaN. {t.type.why_null}")
-                want = o.dtype if is_float_dtype(o.dtype) else config.floatX
-                if t.dtype != want:
-                    t = t.astype(want)
-                tangent[id(o)] = t
+    order = toposort(f_list, blockers=wrt_list)
+    full_of, done = full_loops(order), set()
+    for node in order:
+        full = full_of.get(id(node))
+        if full is not None:
+            # ``traj[-1]`` where ``traj`` is needed too: the last row of ``traj``'s tangent (one tangent loop)
+            if id(full) not in done:
+                _tangent_of_node(full, tangent)
+                done.add(id(full))
+            for j, o in enumerate(node.outputs):
+                t = tangent.get(id(full.outputs[j]))
+                if t is not None:
+                    tangent[id(o)] = t if full.op.keep_last[j] else Variable.__getitem__(t, -1)
+        elif id(node) not in done:
+            _tangent_of_node(node, tangent)
     return tangent
+
+
+def _tangent_of_node(node, tangent):
+    """Add the tangents of ``node``'s outputs to ``tangent`` (nothing when no input has one)."""
+    ins = [tangent.get(id(x)) for x in node.inputs]
+    if all(u is None for u in ins):
+        return
+    if getattr(node.op, "code", None) is None:
+        ins = [_zero_tangent(x) if u is None else u for x, u in zip(node.inputs, ins)]
+    try:
+        outs = node.op.R_op(list(node.inputs), ins)
+    except NotImplementedError as e:
+        detail = f": {e}" if str(e) else ""
+        raise NotImplementedError(f"R_op of {node.op} is not implemented{detail}") from None
+    if outs is None or len(outs) != len(node.outputs):
+        raise ValueError(f"{node.op}.R_op returned the wrong number of tangents")
+    for o, t in zip(node.outputs, outs):
+        if t is not None and not isinstance(t, Variable):
+            t = as_tensor(t)
+        if t is not None and not isinstance(t.type, (DisconnectedType,)):
+            if isinstance(t.type, NullType):
+                raise NullTypeGradError(f"Rop encountered a NaN. {t.type.why_null}")
+            want = o.dtype if is_float_dtype(o.dtype) else config.floatX
+            if t.dtype != want:
+                t = t.astype(want)
+            tangent[id(o)] = t
 
 
 def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero"):

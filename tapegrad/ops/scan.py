@@ -93,6 +93,21 @@ class ScanTrajectory(Variable):
         return super().__getitem__(index)
 
 
+def full_loops(order):
+    """``{id(node): full}`` for each keep-last ``scan`` loop in ``order`` (the node ``traj[-1]`` made) whose
+    full loop (the one that stores the trajectories) is in ``order`` too.
+
+    Where a graph uses both ``traj`` and ``traj[-1]``, the tape builder, ``grad`` and ``Rop`` read ``traj[-1]``
+    as the last row of ``traj`` (the same values): one loop, one reverse sweep, one tangent loop."""
+    in_order = {id(n) for n in order}
+    pairs = {}
+    for n in order:
+        last = n.__dict__.get("_scan_last")
+        if last and last[0].owner is not None and id(last[0].owner) in in_order:
+            pairs[id(last[0].owner)] = n
+    return pairs
+
+
 # --------------------------------------------------------------------------- Scan
 @registered(name="SCAN", code=650)
 class Scan(Op):

@@ -14,6 +14,7 @@ from tapegrad.graph import Constant, SharedVariable, Variable, as_tensor, toposo
 from tapegrad.op import DisconnectedType, NullType
 from tapegrad.tape.format import SLOT_CONST, SLOT_INPUT, SLOT_SHARED, SLOT_TEMP, Tape
 from tapegrad.tape.rewrite import Rewriter, Value
+from tapegrad.ops.scan import full_loops
 
 
 class MissingInputError(ValueError):
@@ -127,13 +128,37 @@ def build_tape(inputs, outputs, updates=(), rewrite=True):
         values[id(v)] = val
         return val
 
-    for node in toposort(roots, blockers=inputs):
+    def emit(node):
         ins = [values.get(id(x)) or value_of(x, (node, i)) for i, x in enumerate(node.inputs)]
         outs = rw.apply(node, ins)
         for o, val in zip(node.outputs, outs):
             if val.name is None and o.name is not None and val.kind in ("temp", "const"):
                 val.name = o.name
             values[id(o)] = val
+
+    order = toposort(roots, blockers=inputs)
+    full_of = full_loops(order) if rewrite else {}
+    done = set()
+    for node in order:
+        if id(node) in done:
+            continue
+        full = full_of.get(id(node))
+        if full is None:
+            emit(node)
+            continue
+        # ``traj[-1]`` of a loop whose whole trajectory the graph also needs: the last row of that trajectory
+        # (one loop, and one reverse sweep for a gradient, instead of two)
+        if id(full) not in done:
+            emit(full)
+            done.add(id(full))
+        for j, o in enumerate(node.outputs):
+            stacked = full.outputs[j]
+            if full.op.keep_last[j]:
+                values[id(o)] = values[id(stacked)]
+            else:
+                row = Variable.__getitem__(stacked, -1)
+                emit(row.owner)
+                values[id(o)] = values[id(row)]
     out_vals = [value_of(o, " as an output") for o in outputs]
     upd_vals = [value_of(e, " in an update") for _, e in updates]
     instrs = rw.prune(out_vals + upd_vals)
