@@ -108,6 +108,24 @@ def full_loops(order):
     return pairs
 
 
+def primal_loops(order):
+    """``{id(node): (tangent node, positions)}`` for each ``scan`` loop in ``order`` whose tangent loop (made by
+    ``Scan.R_op`` on the same inputs) is in ``order`` too: output ``j`` of the loop is output ``positions[j]``
+    of the tangent loop, which carries the primal alongside the tangents."""
+    by_key = {}
+    for n in order:
+        of = n.__dict__.get("_tangent_of")
+        if of is not None:
+            by_key.setdefault((id(of[0]),) + tuple(map(id, of[1])), (n, of[2]))
+    pairs = {}
+    for n in order:
+        if isinstance(n.op, Scan):
+            hit = by_key.get((id(n.op),) + tuple(map(id, n.inputs)))
+            if hit is not None and hit[0] is not n:
+                pairs[id(n)] = hit
+    return pairs
+
+
 # --------------------------------------------------------------------------- Scan
 @registered(name="SCAN", code=650)
 class Scan(Op):
@@ -490,6 +508,8 @@ class Scan(Op):
             return [None] * self.n_out
         outs = T(*self.tangent_inputs(inputs, points, info))
         outs = outs if isinstance(outs, list) else [outs]
+        # the tangent loop computes this loop's outputs too: the tape builder reuses them (``primal_loops``)
+        outs[0].owner._tangent_of = (self, list(inputs), info["primal_out"])
         return [None if p is None else outs[p] for p in info["out_tangent"]]
 
 

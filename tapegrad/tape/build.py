@@ -14,7 +14,7 @@ from tapegrad.graph import Constant, SharedVariable, Variable, as_tensor, toposo
 from tapegrad.op import DisconnectedType, NullType
 from tapegrad.tape.format import SLOT_CONST, SLOT_INPUT, SLOT_SHARED, SLOT_TEMP, Tape
 from tapegrad.tape.rewrite import Rewriter, Value
-from tapegrad.ops.scan import full_loops
+from tapegrad.ops.scan import full_loops, primal_loops
 
 
 class MissingInputError(ValueError):
@@ -136,13 +136,26 @@ def build_tape(inputs, outputs, updates=(), rewrite=True):
                 val.name = o.name
             values[id(o)] = val
 
+    def ready(x):
+        return id(x) in values or isinstance(x, (Constant, SharedVariable))
+
     order = toposort(roots, blockers=inputs)
     full_of = full_loops(order) if rewrite else {}
+    tangent_of = primal_loops(order) if rewrite else {}
     done = set()
     for node in order:
         if id(node) in done:
             continue
         full = full_of.get(id(node))
+        tan = tangent_of.get(id(node))
+        if full is None and tan is not None and all(ready(x) for x in tan[0].inputs):
+            # a loop whose tangent loop is needed too: the tangent loop's primal outputs (one loop, not two)
+            if id(tan[0]) not in done:
+                emit(tan[0])
+                done.add(id(tan[0]))
+            for o, k in zip(node.outputs, tan[1]):
+                values[id(o)] = values[id(tan[0].outputs[k])]
+            continue
         if full is None:
             emit(node)
             continue

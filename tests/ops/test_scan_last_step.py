@@ -109,3 +109,35 @@ def test_gradient_with_respect_to_something_after_the_last_step_keeps_both_loops
     h = 1e-6
     fd = np.array([(F(xv + h * e) - F(xv - h * e)) / (2 * h) for e in np.eye(3)])
     np.testing.assert_allclose(gxv, fd, rtol=1e-7, atol=1e-9)
+
+
+def test_rop_reuses_the_primal_of_the_tangent_loop():
+    """The tangent loop carries the primal: a graph needing both (a JVP of a cost of the loop) runs it alone."""
+    x0, w, traj = _graph()
+    loss = tg.sum(traj[-1] ** 2)
+    u = tg.dvector("u")
+    f = tg.function([x0, w, u], tg.Rop(loss, x0, u))
+    assert _count(f, "scan") == 1                       # 2 before: the primal loop and the tangent loop
+    hv = tg.function([x0, w, u], tg.hessian_vector_product(loss, x0, u))
+    assert _count(hv, "scan") == 1 and _count(hv, "scan_grad") == 1
+    xv, wv, uv = RNG.uniform(-1, 1, 3), RNG.uniform(-2, 2, 3), RNG.standard_normal(3)
+    g = tg.function([x0, w], tg.grad(loss, x0))
+    assert float(f(xv, wv, uv)) == pytest.approx(float(np.dot(g(xv, wv), uv)), rel=1e-12)
+    h = 1e-5
+    np.testing.assert_allclose(hv(xv, wv, uv), (g(xv + h * uv, wv) - g(xv - h * uv, wv)) / (2 * h),
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_tangent_point_computed_from_the_loop_keeps_both_loops():
+    """A tangent point that depends on the loop's own output: the tangent loop cannot run first; still right."""
+    x0, w, traj = _graph()
+    loss = tg.sum(traj[-1] ** 2)
+    point = tg.cos(traj[-1])
+    r = tg.Rop(loss, x0, point)
+    f = tg.function([x0, w], r)
+    assert _count(f, "scan") == 2
+    xv, wv = RNG.uniform(-1, 1, 3), RNG.uniform(-2, 2, 3)
+    g = tg.function([x0, w], tg.grad(loss, x0))
+    want = float(np.dot(g(xv, wv), np.cos(_np_traj(xv, wv)[-1])))
+    assert float(f(xv, wv)) == pytest.approx(want, rel=1e-12)
+    assert float(tg.function([x0, w], r, device="python")(xv, wv)) == pytest.approx(want, rel=1e-12)
