@@ -73,4 +73,10 @@ from tapegrad.sparse import sparse_hessian, sparse_jacobian  # noqa: F401
 from tapegrad.ecosystem import scipy_objective  # noqa: F401
 import tapegrad.linalg as linalg  # noqa: E402  (the public namespace, not tapegrad.ops.linalg)
 
+from tapegrad.ops.scan_views import map, reduce  # noqa: F401,A004  (Aesara's tg.map / tg.reduce; scan shorthands)
+from tapegrad.printing import debugprint as dprint, pprint as pp  # noqa: F401  (Aesara's top-level names)
+
 __version__ = "0.1.0"
+
+# ``from tapegrad import *`` gives every public name but ``map`` and ``reduce``, which would hide the builtins
+__all__ = sorted(n for n in list(globals()) if not n.startswith("_") and n not in ("map", "reduce"))

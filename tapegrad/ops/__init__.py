@@ -27,6 +27,7 @@ from tapegrad.ops.modifiers import *  # noqa: F401,F403
 from tapegrad.ops.nn import *  # noqa: F401,F403
 from tapegrad.ops.reduce import *  # noqa: F401,F403
 from tapegrad.ops.scan import scan  # noqa: F401
+from tapegrad.ops.scan_views import foldl, foldr  # noqa: F401
 from tapegrad.ops.shape import *  # noqa: F401,F403
 
 
@@ -39,5 +40,5 @@ def _public(module):
 
 __all__ = sorted(
     set().union(*(_public(m) for m in (_alloc, _cumulative, _elemwise, _index, _linalg, _modifiers, _nn, _reduce, _shape)))
-    | {"broadcast_like", "sum_like", "azmul", "cast", "map_rows", "scan"}
+    | {"broadcast_like", "sum_like", "azmul", "cast", "map_rows", "scan", "foldl", "foldr"}
 )
