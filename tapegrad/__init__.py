@@ -66,7 +66,7 @@ from tapegrad.gradient import (
     undefined_grad,
     zero_grad,
 )
-from tapegrad import gradient, printing  # noqa: F401
+from tapegrad import gradient, ifelse, printing  # noqa: F401  (tapegrad.ifelse.ifelse: Aesara's module layout)
 from tapegrad.compile.function import Function, function  # noqa: F401
 from tapegrad.testing import GradientError, numeric_grad, verify_grad  # noqa: F401
 from tapegrad.sparse import sparse_hessian, sparse_jacobian  # noqa: F401

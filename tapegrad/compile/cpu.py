@@ -750,7 +750,7 @@ def _warn_callback(op):
     import warnings
 
     cls = type(op)
-    if cls in _WARNED_OPS:
+    if cls in _WARNED_OPS or getattr(cls, "callback_by_design", False):   # tapegrad's own (``IfElse``)
         return
     _WARNED_OPS.add(cls)
     warnings.warn(f"user op {cls.__name__} runs in Python inside a compiled function (CPU engine callback: "
