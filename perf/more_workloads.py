@@ -22,7 +22,10 @@ workload in single precision on both sides (the arrays cast, the variables ``flo
 * a tiny two-layer tanh network, 8 x 16 x 16 (call overhead);
 * an elementwise mix over 2 x 10^6 (``sin``, ``exp``, ``sqrt``, ``log1p``);
 * W2's Rosenbrock at n = 10^7 (80 MB arrays: results past glibc's mmap threshold, fresh pages every call);
-* W1's MLP with a 4096-row batch.
+* W1's MLP with a 4096-row batch;
+* loops (``tg.scan`` against ``jax.lax.scan``): a tanh RNN, 100 steps of a 64 x 32 state fed a 64 x 16 input,
+  loss over the trajectory and the last state; a second-order recurrence over 1,000 points, 200 steps
+  (``taps=[-2, -1]``; JAX carries the two states).
 """
 from __future__ import annotations
 
@@ -101,6 +104,44 @@ def mlp(xp, W1, b1, W2, b2, X, Y):
     return xp.sum((xp.tanh(X @ W1 + b1) @ W2 + b2 - Y) ** 2) / X.shape[0]
 
 
+def _jax(xp):
+    return xp.__name__.startswith("jax")
+
+
+def rnn(xp, W, U, h0, X):
+    """A tanh RNN over a sequence; loss over the whole trajectory plus the last state (both, one loop)."""
+    if _jax(xp):
+        import jax
+
+        def body(h, x):
+            h = xp.tanh(h @ W + x @ U)
+            return h, h
+
+        last, traj = jax.lax.scan(body, h0, X)
+    else:
+        traj, _ = xp.scan(lambda x, h, W, U: xp.tanh(h @ W + x @ U), sequences=X, outputs_info=h0,
+                          non_sequences=[W, U])
+        last = traj[-1]
+    return 0.01 * xp.sum(traj) + xp.sum(last ** 2)
+
+
+def oscillator(xp, y0, a, b):
+    """A second-order recurrence y[t] = a y[t-1] - b y[t-2] + 0.1 sin(y[t-1]) (scan taps [-2, -1]), 200 steps."""
+    if _jax(xp):
+        import jax
+
+        def body(carry, _):
+            y2, y1 = carry
+            yn = a * y1 - b * y2 + 0.1 * xp.sin(y1)
+            return (y1, yn), yn
+
+        _, traj = jax.lax.scan(body, (y0[0], y0[1]), None, length=200)
+    else:
+        traj, _ = xp.scan(lambda y2, y1, a, b: a * y1 - b * y2 + 0.1 * xp.sin(y1),
+                          outputs_info=dict(initial=y0, taps=[-2, -1]), non_sequences=[a, b], n_steps=200)
+    return xp.sum(traj ** 2)
+
+
 def workloads():
     r = np.random.default_rng(0)
     return {  # name: (function, arguments, indices of the arguments differentiated)
@@ -122,6 +163,11 @@ def workloads():
         "mlp 4096x256x256x10": (mlp, [0.05 * r.standard_normal((256, 256)), np.zeros(256),
                                       0.05 * r.standard_normal((256, 10)), np.zeros(10),
                                       r.standard_normal((4096, 256)), r.standard_normal((4096, 10))], [0, 1, 2, 3]),
+        "rnn scan 100 x (64x32)": (rnn, [0.3 * r.standard_normal((32, 32)), 0.3 * r.standard_normal((16, 32)),
+                                         0.1 * r.standard_normal((64, 32)), r.standard_normal((100, 64, 16))],
+                                   [0, 1, 2]),
+        "oscillator taps 200 x 1000": (oscillator, [0.1 * r.standard_normal((2, 1000)), np.float64(1.2),
+                                                    r.uniform(0.3, 0.5, 1000)], [0, 1, 2]),
     }
 
 

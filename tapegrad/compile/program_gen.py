@@ -282,6 +282,15 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
                 if int(s) not in shape_only:
                     self.value_readers.setdefault(int(s), []).append(k)
         self.pinned = set(int(s) for s in tape.output_slots) | set(int(s) for s in tape.update_slots) | set(self.into)
+        # instructions whose values nothing needs: read only for their shapes (the gradient's sum_like
+        # references, e.g. a loop body's forward product in its adjoint once the adjoint reads the new state)
+        live, self.dead = set(self.pinned), set()
+        for k in range(len(tape) - 1, -1, -1):
+            if not any(int(o) in live for o in tape.instr_outs(k)):
+                self.dead.add(k)
+                continue
+            shape_only = shape_only_args(tape, k)
+            live.update(int(a) for a in tape.instr_args(k) if int(a) not in shape_only)
         self._buffer_slot = {}
         names = [name_of(int(c)) for c in tape.codes]
         # a value that a chain's later piece reads is often a same-shape copy (the gradient's sum_like) of a slot
@@ -326,7 +335,7 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
         if name == "ADD" and outs[0] in self.tree_root:  # (the root is located once its tree starts)
             self._tree_add(outs[0])
             return
-        if all(s in self.loc for s in outs):
+        if all(s in self.loc for s in outs) or k in self.dead:
             return
         args = [int(s) for s in tape.instr_args(k)]
         if self._literal(k, name, args, outs):

@@ -211,10 +211,16 @@ class LoopTemplates:
                            f"else {zname}")
                 cot_locs.append(_Loc(lc.shape, buf=cname))
             cot_dts.append(dts[c])
+        # s(t+1) for an adjoint that reads the new states (ScanGrad.next_states): the state of the adjoint step
+        # before, or one forward step for the last step
+        after = [f"{p}y{j}" for j in range(nk)] if op.next_states else []
+        for j, x in enumerate(inits[:len(after)]):
+            self.emit(f"    {after[j]} = np.empty({sizes[j]}, np.{dts[x]})")
+        after_locs = [_Loc(self.shapes[x], buf=after[j]) for j, x in enumerate(inits[:len(after)])]
         adj_lines, adj_outs, adj_dts = self.body(
             op.adjoint_inputs, op.adjoint_outputs,
-            [self._row(x, "t") for x in seqs] + st_locs + [self.loc[x] for x in nonseqs] + cot_locs,
-            [dts[x] for x in prim] + cot_dts, hoist)
+            [self._row(x, "t") for x in seqs] + st_locs + [self.loc[x] for x in nonseqs] + after_locs + cot_locs,
+            [dts[x] for x in prim] + [dts[x] for x in inits[:len(after)]] + cot_dts, hoist)
         for line in hoist:
             self.emit("    " + line)
         I = "    "
@@ -256,8 +262,18 @@ class LoopTemplates:
             self.emit(f"{I * 4}{lin[j]}[e] = {lam[j]}[e] + ({src}{keep})")
         for line in pre:
             self.emit(f"{I * 3}{line}")
+        if after:
+            self.emit(f"{I * 3}if t == {n - 1}:")
+            self.emit(f"{I * 4}pass")
+            for line in step_lines:
+                self.emit(I * 3 + line)
+            for j, loc in enumerate(step_outs):
+                for line in self._copy_into(after[j], 0, loc, step_dts[j], dts[inits[j]], I * 4):
+                    self.emit(line)
         for line in adj_lines:
             self.emit(I * 2 + line)
+        for j in range(len(after)):
+            self.emit(f"{I * 3}{after[j]}[:] = {cur[j]}")
         for i, loc, dt in zip(op.wrt, adj_outs, adj_dts):
             if i < ns:
                 x = seqs[i]

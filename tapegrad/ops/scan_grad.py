@@ -28,13 +28,18 @@ class ScanGrad(Op):
     ``x.., s(0).., p..``): ``x_bar`` per step, ``s_bar(0)``, ``p_bar`` summed over steps.
 
     The adjoint body is the inner graph's ``Lop``: inner inputs
-    ``[x[t].., s(t).., p.., lambda(t+1)[float states].., y_bar[t][float nit-sots]..]``,
+    ``[x[t].., s(t).., p.., (s(t+1)..), lambda(t+1)[float states].., y_bar[t][float nit-sots]..]``,
     outputs ``[x_bar[t].., s_bar(t).., p_bar[t]..]`` for the float inner inputs.
     ``perform`` runs the action list of :func:`schedule_for` (``checkpoint`` of
     the loop): ``advance`` steps the forward (state) body, ``adjoint`` the adjoint
     body with ``lambda(t+1) = s_bar(t+1) + c_state[t]``; a tape engine can run the
     same action list (it depends on ``n`` and ``snapshots`` only) with two
     sub-tapes and ``snapshots + 1`` state buffers.
+
+    ``next_states`` (``s(t+1)``, the states after step ``t``): where the adjoint reads a new state's value
+    (``tanh``'s derivative is ``1 - y^2``), it reads it from these inputs instead of recomputing the step
+    (``_read_next_states``): the adjoint of step ``t`` comes right after that of step ``t+1``, whose
+    ``s(t+1)`` is at hand, and the last step's is one forward step.  Empty when the adjoint reads no new state.
     """
 
     kind = "general"
@@ -63,7 +68,10 @@ class ScanGrad(Op):
             from tapegrad.ops import zeros_like
 
             g = [zeros_like(op.inner_inputs[i]) for i in self.wrt]
-        self.adjoint_inputs = op.inner_inputs + self.cots
+        self.next_states = []
+        if self.null is None and known and self.wrt and op.n_state:
+            g, self.next_states = _read_next_states(op, g)
+        self.adjoint_inputs = op.inner_inputs + self.next_states + self.cots
         self.adjoint_outputs = [_as_dtype(v, op.inner_inputs[i].dtype) if self.null is None else v
                                 for v, i in zip(g, self.wrt)]
         self._fn = None
@@ -135,6 +143,7 @@ class ScanGrad(Op):
                 return c[t]
             return c if t == n - 1 else np.zeros_like(c)
 
+        after = None   # s(t+1): the state of the adjoint step before (the one after step t)
         slots = {0: [np.asarray(v) for v in inits]}
         cur, t_cur = slots[0], 0
         for act in schedule_for(self.checkpoint, n, self.snapshots):
@@ -155,7 +164,14 @@ class ScanGrad(Op):
                 assert t == t_cur, (t, t_cur)
                 lam_in = [lam[j] + cot_at(j, t) for j in state_cots]
                 y_bar = [cot_at(j, t) for j in nit_cots]
-                res = adjoint(*[s[t] for s in seqs], *cur, *nonseqs, *lam_in, *y_bar)
+                nxt = []
+                if self.next_states:
+                    if after is None:   # the last step: one forward step
+                        outs = step(*[s[t] for s in seqs], *cur, *nonseqs)
+                        after = [op.check_state(k, outs[k], cur[k], t) for k in range(nk)]
+                    nxt = after
+                res = adjoint(*[s[t] for s in seqs], *cur, *nonseqs, *nxt, *lam_in, *y_bar)
+                after = cur
                 for i, g in zip(self.wrt, res):
                     if i < ns:
                         grads[i][t] = g
@@ -225,3 +241,23 @@ class ScanGrad(Op):
         for j, c in zip(self.cot_outputs, inputs[1 + op.n_inner:]):
             result.append(zeros_like(c) if c_bar[j] is None else _as_dtype(c_bar[j], c.dtype))
         return result
+
+
+def _read_next_states(op, g):
+    """The adjoint ``g`` with each new state the loop body computes read from a placeholder ``s(t+1)`` instead
+    (``clone_replace``): ``(g, placeholders)``, or ``(g, [])`` unchanged when no derivative reads a new state
+    (then the placeholders would only cost a copy per step)."""
+    from tapegrad.graph import ancestors, clone_replace
+
+    nk = op.n_state
+    phs = [op.inner_outputs[j].type(f"s_next{j}") for j in range(nk)]
+    inner_in = set(map(id, op.inner_inputs))
+    repl = {o: ph for o, ph in zip(op.inner_outputs[:nk], phs)
+            if o.owner is not None and id(o) not in inner_in and not isinstance(o, Constant)}
+    if not repl:
+        return g, []
+    g2 = clone_replace(list(g), repl)
+    used = {id(v) for v in ancestors(g2)}
+    if not any(id(ph) in used for ph in phs):
+        return g, []
+    return g2, phs
