@@ -178,7 +178,7 @@ class LoopTemplates:
             self.emit(f"    {lam[j]} = np.zeros({sizes[j]}, np.{dts[inits[j]]})")
             self.emit(f"    {lin[j]} = np.empty({sizes[j]}, np.{dts[inits[j]]})")
         grads = {}
-        for i, o in zip(op.wrt, outs):
+        for i, o in zip(op.out_wrt, outs):
             if i < ns or i >= ns + nk:
                 grads[i] = self.fresh(o, zero=True)
         # the bodies
@@ -299,7 +299,7 @@ class LoopTemplates:
                     lines.append(f"{bi}{grads[i]}[{loop.out_index()}] += {_convert(src, dt, dts[x])}")
                     for line in lines:
                         self.emit(line)
-        for i, o in zip(op.wrt, outs):
+        for i, o in zip(op.out_wrt, outs):
             if ns <= i < ns + nk:
                 j = i - ns
                 if j in lam:

@@ -409,13 +409,13 @@ class Scan(Op):
             for i, x in enumerate(inputs[1:]):
                 result.append(g_op.null if any(pattern[i + 1]) else disconnected_type())
             return result
-        grads = g_op(*inputs, *[output_grads[j] for j in g_op.cot_outputs]) if g_op.wrt else []
+        grads = g_op(*inputs, *[output_grads[j] for j in g_op.cot_outputs]) if g_op.out_wrt else []
         grads = grads if isinstance(grads, list) else [grads]
         for i, x in enumerate(inputs[1:]):
             if not any(pattern[i + 1]):
                 result.append(disconnected_type())
-            elif i in g_op.wrt:
-                result.append(grads[g_op.wrt.index(i)])
+            elif i in g_op.out_wrt:
+                result.append(grads[g_op.out_wrt.index(i)])
             else:  # integer input: zero gradient
                 result.append(zeros_like(x, dtype=config.floatX))
         return result

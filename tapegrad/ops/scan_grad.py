@@ -74,8 +74,10 @@ class ScanGrad(Op):
         self.adjoint_inputs = op.inner_inputs + self.next_states + self.cots
         self.adjoint_outputs = [_as_dtype(v, op.inner_inputs[i].dtype) if self.null is None else v
                                 for v, i in zip(g, self.wrt)]
+        self.out_wrt = list(self.wrt)   # the primal inputs whose gradients are outputs (``restricted``)
         self._fn = None
         self._augmented = {}
+        self._restricted = {}
 
     def __eq__(self, other):
         return self is other
@@ -91,7 +93,7 @@ class ScanGrad(Op):
 
     def encode(self):
         ints, _ = self.scan_op.encode()
-        return ints + (len(self.wrt), len(self.cot_outputs)), ()
+        return ints + (len(self.out_wrt), len(self.cot_outputs)), ()
 
     def make_node(self, n_steps, *inputs):
         op = self.scan_op
@@ -105,11 +107,34 @@ class ScanGrad(Op):
                 raise TypeError(f"{self}: cotangent of output {j} has {c.ndim} dimension(s), the output {o.ndim}")
         cots = [_as_dtype(c, fwd.outputs[j].dtype) for c, j in zip(cots, self.cot_outputs)]
         primal = fwd.inputs[1:]
-        outs = [Variable(TensorType(primal[i].dtype, primal[i].type.shape)) for i in self.wrt]
+        outs = [Variable(TensorType(primal[i].dtype, primal[i].type.shape)) for i in self.out_wrt]
         return Apply(self, [fwd.inputs[0]] + primal + cots, outs)
 
     def infer_shape(self, node, input_shapes):
-        return [tuple(input_shapes[1 + i]) for i in self.wrt]
+        return [tuple(input_shapes[1 + i]) for i in self.out_wrt]
+
+    def restricted(self, keep):
+        """This reverse sweep with only the gradients of the primal inputs ``keep`` (positions in ``out_wrt``) as
+        outputs, and an adjoint body that computes only those and the states' (which carry the recursion): the
+        tape builder's choice when the other outputs are unused (a sequence's gradient nobody asked for)."""
+        import copy
+
+        keep = [i for i in self.out_wrt if i in set(keep)]
+        if keep == self.out_wrt:
+            return self
+        key = tuple(keep)
+        r = self._restricted.get(key)
+        if r is None:
+            op = self.scan_op
+            ns, nk = op.n_seq, op.n_state
+            body = [k for k, i in enumerate(self.wrt) if i in key or ns <= i < ns + nk]
+            r = copy.copy(self)
+            r.out_wrt = keep
+            r.wrt = [self.wrt[k] for k in body]
+            r.adjoint_outputs = [self.adjoint_outputs[k] for k in body]
+            r._fn, r._restricted = None, {}
+            self._restricted[key] = r
+        return r
 
     def adjoint_function(self):
         if self._fn is None:
@@ -183,13 +208,13 @@ class ScanGrad(Op):
         for k in state_cots:
             if ns + k in grads:
                 grads[ns + k] = lam[k] if n else grads[ns + k]
-        for st, i in zip(output_storage, self.wrt):
+        for st, i in zip(output_storage, self.out_wrt):
             st[0] = np.array(grads[i], dtype=op.inner_inputs[i].dtype, copy=True)
 
     # -- derivatives of the gradient
     def connection_pattern(self, node):
         n_in = 1 + self.scan_op.n_inner + len(self.cot_outputs)
-        return [[False] * len(self.wrt)] + [[True] * len(self.wrt) for _ in range(n_in - 1)]
+        return [[False] * len(self.out_wrt)] + [[True] * len(self.out_wrt) for _ in range(n_in - 1)]
 
     def R_op(self, inputs, eval_points):
         """Tangent of ``J(z)^T c``: the ``ScanGrad`` of the tangent loop with cotangents ``(c_dot, c)``."""
@@ -203,7 +228,7 @@ class ScanGrad(Op):
         T, info = op.tangent_scan(live) if any(live) else (None, None)
         if T is None:
             if all(c is None for c in c_dot):
-                return [None] * len(self.wrt)
+                return [None] * len(self.out_wrt)
             c_dot = [zeros_like(c) if d is None else d for c, d in zip(cots, c_dot)]
             res = self(*inputs[: 1 + op.n_inner], *c_dot)
             return res if isinstance(res, list) else [res]
@@ -219,20 +244,20 @@ class ScanGrad(Op):
                 t_cots.append(cot_by_out[info["tangent_of"][jt]][0])
         res = GT(*op.tangent_inputs(inputs[: 1 + op.n_inner], z_dot, info), *t_cots)
         res = res if isinstance(res, list) else [res]
-        return [res[GT.wrt.index(info["primal_in"][i])] for i in self.wrt]
+        return [res[GT.out_wrt.index(info["primal_in"][i])] for i in self.out_wrt]
 
     def L_op(self, inputs, outputs, output_grads):
         """Reverse over reverse: ``z_bar = d(J^T c)/dz . w`` (symmetric) and ``c_bar = J w``."""
         from tapegrad.ops import zeros_like
 
         op = self.scan_op
-        w = dict(zip(self.wrt, output_grads))
+        w = dict(zip(self.out_wrt, output_grads))
         z_dot = [w.get(i) for i in range(op.n_inner)]
         points = [None] + z_dot + [None] * len(self.cot_outputs)
         z_bar = self.R_op(inputs, points)
         c_bar = op.R_op(inputs[: 1 + op.n_inner], [None] + z_dot)
         result = [disconnected_type()]
-        zb = dict(zip(self.wrt, z_bar))
+        zb = dict(zip(self.out_wrt, z_bar))
         for i, x in enumerate(inputs[1: 1 + op.n_inner]):
             if i in zb:
                 result.append(zeros_like(x) if zb[i] is None else zb[i])

@@ -65,6 +65,21 @@ def normalize_updates(updates):
     return out
 
 
+def _restrict_scan_grads(instrs, roots):
+    """A ``scan`` reverse sweep some of whose gradients nothing reads computes only the others
+    (``ScanGrad.restricted``): the gradient of a sequence nobody asked for costs a product per step."""
+    from tapegrad.ops.scan_grad import ScanGrad
+
+    used = {id(v) for ins in instrs for v in ins.inputs} | {id(v) for v in roots}
+    for ins in instrs:
+        if isinstance(ins.op, ScanGrad) and any(id(o) not in used for o in ins.outputs):
+            keep = [i for i, o in zip(ins.op.out_wrt, ins.outputs) if id(o) in used]
+            ins.op = ins.op.restricted(keep)
+            ins.outputs = [o for o in ins.outputs if id(o) in used]
+            for k, o in enumerate(ins.outputs):
+                o.index = k
+
+
 def build_tape(inputs, outputs, updates=(), rewrite=True):
     """Flatten the graph from ``inputs`` to ``outputs`` (and ``updates``) into a :class:`Tape`.
 
@@ -175,6 +190,8 @@ def build_tape(inputs, outputs, updates=(), rewrite=True):
     out_vals = [value_of(o, " as an output") for o in outputs]
     upd_vals = [value_of(e, " in an update") for _, e in updates]
     instrs = rw.prune(out_vals + upd_vals)
+    if rewrite:
+        _restrict_scan_grads(instrs, out_vals + upd_vals)
 
     # -- slots
     slot_of: dict[int, int] = {}
