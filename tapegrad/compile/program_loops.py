@@ -146,13 +146,19 @@ class LoopTemplates:
             raise Unsupported("scan gradient with a null gradient")
         ns, nk = S.n_seq, S.n_state
         prim = args[1:1 + S.n_inner]
-        cots = args[1 + S.n_inner:]
+        cots = args[1 + S.n_inner:1 + S.n_inner + len(op.cot_outputs)]
+        traj = args[1 + S.n_inner + len(op.cot_outputs):]   # from_stored: the loop's stacked states
         seqs, inits, nonseqs = prim[:ns], prim[ns:ns + nk], prim[ns + nk:]
         dts = self.dtypes
         acts = []
         kinds = {"restore": 0, "advance": 1, "store": 2, "free": 3, "adjoint": 4}
         n_slots = 1
-        for a in schedule_for(op.checkpoint, n, op.snapshots):
+        # from_stored: no forward; before the adjoint of step t, load s(t) (kind 5: the initial state or row
+        # t - 1 of the stored trajectory)
+        schedule = ([a for t in range(n - 1, -1, -1) for a in (("load", t), ("adjoint", t))] if op.from_stored
+                    else schedule_for(op.checkpoint, n, op.snapshots))
+        kinds["load"] = 5
+        for a in schedule:
             v = [kinds[a[0]]] + [int(x) for x in a[1:]]
             v += [0] * (3 - len(v))
             acts.append(v)
@@ -213,14 +219,21 @@ class LoopTemplates:
             cot_dts.append(dts[c])
         # s(t+1) for an adjoint that reads the new states (ScanGrad.next_states): the state of the adjoint step
         # before, or one forward step for the last step
-        after = [f"{p}y{j}" for j in range(nk)] if op.next_states else []
+        after = [f"{p}y{j}" for j in range(nk)] if op.next_states and not op.from_stored else []
         for j, x in enumerate(inits[:len(after)]):
             self.emit(f"    {after[j]} = np.empty({sizes[j]}, np.{dts[x]})")
         after_locs = [_Loc(self.shapes[x], buf=after[j]) for j, x in enumerate(inits[:len(after)])]
+        if op.from_stored:
+            for x in traj:
+                lt = self.loc[x]
+                if lt.lit is not None or not lt.contiguous():
+                    raise Unsupported("a stored scan trajectory that is not a contiguous buffer")
+            if op.next_states:
+                after_locs = [self._row(x, "t") for x in traj]
         adj_lines, adj_outs, adj_dts = self.body(
             op.adjoint_inputs, op.adjoint_outputs,
             [self._row(x, "t") for x in seqs] + st_locs + [self.loc[x] for x in nonseqs] + after_locs + cot_locs,
-            [dts[x] for x in prim] + [dts[x] for x in inits[:len(after)]] + cot_dts, hoist)
+            [dts[x] for x in prim] + [dts[x] for x in inits[:len(after_locs)]] + cot_dts, hoist)
         for line in hoist:
             self.emit("    " + line)
         I = "    "
@@ -246,6 +259,16 @@ class LoopTemplates:
         for j in range(nk):
             self.emit(f"{I * 3}{snap[j]}[p1 * {sizes[j]}:(p1 + 1) * {sizes[j]}] = {cur[j]}")
         self.emit(f"{I * 3}pass")
+        if op.from_stored:
+            self.emit(f"{I * 2}elif kind == 5:")
+            for j, x in enumerate(traj):
+                lt = self.loc[x]
+                self.emit(f"{I * 3}if p1 == 0:")
+                self.emit(f"{I * 4}{cur[j]}[:] = {snap[j]}[0:{sizes[j]}]")
+                self.emit(f"{I * 3}else:")
+                self.emit(f"{I * 4}{cur[j]}[:] = {lt.buf}[{_off_add(lt.off, f'(p1 - 1) * {sizes[j]}')}:"
+                          f"{_off_add(lt.off, f'p1 * {sizes[j]}')}]")
+            self.emit(f"{I * 3}pass")
         self.emit(f"{I * 2}elif kind == 4:")
         self.emit(f"{I * 3}t = p1")
         for j in state_cots:  # lambda_in = lambda + c_state[t]

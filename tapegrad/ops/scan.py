@@ -382,6 +382,7 @@ class Scan(Op):
                 self._last_op = Scan(self.inner_inputs, self.inner_outputs, self.n_seq, self.n_state,
                                      keep_last=(True,) * self.n_out, checkpoint=self.checkpoint,
                                      snapshots=self.snapshots, n_steps_given=self.n_steps_given, name=self.name)
+                self._last_op.full_op = self   # (the tape builder may store the trajectory after all)
             cached = self._last_op.make_node(*node.inputs).outputs
             node._scan_last = cached
         return cached[j]

@@ -75,6 +75,8 @@ class ScanGrad(Op):
         self.adjoint_outputs = [_as_dtype(v, op.inner_inputs[i].dtype) if self.null is None else v
                                 for v, i in zip(g, self.wrt)]
         self.out_wrt = list(self.wrt)   # the primal inputs whose gradients are outputs (``restricted``)
+        self.from_stored = False         # ``stored_variant``: states read from the loop's trajectories
+        self._stored = None
         self._fn = None
         self._augmented = {}
         self._restricted = {}
@@ -93,7 +95,7 @@ class ScanGrad(Op):
 
     def encode(self):
         ints, _ = self.scan_op.encode()
-        return ints + (len(self.out_wrt), len(self.cot_outputs)), ()
+        return ints + (len(self.out_wrt), len(self.cot_outputs), int(self.from_stored)), ()
 
     def make_node(self, n_steps, *inputs):
         op = self.scan_op
@@ -132,9 +134,24 @@ class ScanGrad(Op):
             r.out_wrt = keep
             r.wrt = [self.wrt[k] for k in body]
             r.adjoint_outputs = [self.adjoint_outputs[k] for k in body]
-            r._fn, r._restricted = None, {}
+            r._fn, r._restricted, r._stored = None, {}, None
             self._restricted[key] = r
         return r
+
+    def stored_variant(self):
+        """This reverse sweep reading the states from the loop's stored trajectories instead of running the loop
+        again: extra inputs after the cotangents, the loop's stacked states (as the full loop outputs them);
+        the adjoint of step ``t`` reads ``s(t)`` (the initial state, or row ``t - 1``) and ``s(t+1)`` (row ``t``).
+        The tape builder's choice where the full loop is on the tape (``tape/build._scan_grads_from_stored``)."""
+        import copy
+
+        if self.from_stored:
+            return self
+        if self._stored is None:
+            r = copy.copy(self)
+            r.from_stored, r._stored, r._restricted = True, None, {}
+            self._stored = r
+        return self._stored
 
     def adjoint_function(self):
         if self._fn is None:
@@ -148,7 +165,9 @@ class ScanGrad(Op):
         op = self.scan_op
         ns, nk = op.n_seq, op.n_state
         seqs, inits, nonseqs = op._split(inputs[1: 1 + op.n_inner])
-        cots = list(inputs[1 + op.n_inner:])
+        ncot = len(self.cot_outputs)
+        cots = list(inputs[1 + op.n_inner:1 + op.n_inner + ncot])
+        traj = list(inputs[1 + op.n_inner + ncot:])    # from_stored: the loop's stacked states
         n = op.length(inputs[0], seqs)
         if n == 0 and any(op.keep_last):
             raise IndexError("scan: index -1 is out of bounds for a loop of 0 steps")
@@ -171,7 +190,9 @@ class ScanGrad(Op):
         after = None   # s(t+1): the state of the adjoint step before (the one after step t)
         slots = {0: [np.asarray(v) for v in inits]}
         cur, t_cur = slots[0], 0
-        for act in schedule_for(self.checkpoint, n, self.snapshots):
+        acts = ([("adjoint", t) for t in range(n - 1, -1, -1)] if self.from_stored
+                else schedule_for(self.checkpoint, n, self.snapshots))
+        for act in acts:
             kind = act[0]
             if kind == "restore":
                 cur, t_cur = slots[act[1]], act[2]
@@ -186,7 +207,11 @@ class ScanGrad(Op):
                 del slots[act[1]]
             else:  # adjoint of step t, cur = state before step t
                 t = act[1]
-                assert t == t_cur, (t, t_cur)
+                if self.from_stored:
+                    cur = [np.asarray(v) for v in inits] if t == 0 else [tr[t - 1] for tr in traj]
+                    after = [tr[t] for tr in traj]
+                else:
+                    assert t == t_cur, (t, t_cur)
                 lam_in = [lam[j] + cot_at(j, t) for j in state_cots]
                 y_bar = [cot_at(j, t) for j in nit_cots]
                 nxt = []
@@ -213,7 +238,7 @@ class ScanGrad(Op):
 
     # -- derivatives of the gradient
     def connection_pattern(self, node):
-        n_in = 1 + self.scan_op.n_inner + len(self.cot_outputs)
+        n_in = len(node.inputs) if self.from_stored else 1 + self.scan_op.n_inner + len(self.cot_outputs)
         return [[False] * len(self.out_wrt)] + [[True] * len(self.out_wrt) for _ in range(n_in - 1)]
 
     def R_op(self, inputs, eval_points):

@@ -13,7 +13,7 @@ from tapegrad import registry
 from tapegrad.graph import Constant, SharedVariable, Variable, as_tensor, toposort
 from tapegrad.op import DisconnectedType, NullType
 from tapegrad.tape.format import SLOT_CONST, SLOT_INPUT, SLOT_SHARED, SLOT_TEMP, Tape
-from tapegrad.tape.rewrite import Rewriter, Value
+from tapegrad.tape.rewrite import Instr, Rewriter, Value
 from tapegrad.ops.scan import full_loops, primal_loops
 
 
@@ -78,6 +78,51 @@ def _restrict_scan_grads(instrs, roots):
             ins.outputs = [o for o in ins.outputs if id(o) in used]
             for k, o in enumerate(ins.outputs):
                 o.index = k
+
+
+def _scan_grads_from_stored(instrs):
+    """A ``scan`` reverse sweep (``checkpoint="all"``) whose loop is on the tape before it reads the states from
+    that loop's trajectories instead of running the loop again (``ScanGrad.stored_variant``).  A loop that keeps
+    only its last step (``traj[-1]``) becomes the loop that stores the trajectories, and its results the last
+    rows of them: the sweep's own store of every state goes, so memory stays the same."""
+    from tapegrad.ops.scan import Scan
+    from tapegrad.ops.scan_grad import ScanGrad
+
+    for g in list(instrs):
+        op = g.op
+        if not isinstance(op, ScanGrad) or op.from_stored or op.checkpoint != "all" or op.scan_op.n_state == 0:
+            continue
+        S, at = op.scan_op, instrs.index(g)
+        n_in, nk = 1 + S.n_inner, S.n_state
+        loop = next((f for f in instrs[:at] if f.op is S and len(f.inputs) == n_in
+                     and all(a is b for a, b in zip(f.inputs, g.inputs[:n_in]))), None)
+        if loop is None:
+            continue
+        if any(S.keep_last[:nk]):
+            full = getattr(S, "full_op", None)
+            if full is None or any(full.keep_last):
+                continue
+            loop = _store_trajectories(instrs, loop, full)
+        g.op = op.stored_variant()
+        g.inputs = list(g.inputs) + list(loop.outputs[:nk])
+    return instrs
+
+
+def _store_trajectories(instrs, last, full):
+    """Replace the keep-last loop ``last`` in ``instrs`` by ``full`` (the same loop storing its trajectories)
+    and a ``[-1]`` row of each trajectory for ``last``'s results; returns the new loop instruction."""
+    node = full.make_node(*last.node.inputs)
+    loop = Instr(full, list(last.inputs), [], node)
+    loop.outputs = [Value("temp", o.type, o.name, instr=loop, index=j) for j, o in enumerate(node.outputs)]
+    new = [loop]
+    for j, (traj, val) in enumerate(zip(node.outputs, last.outputs)):
+        row = Variable.__getitem__(traj, -1).owner
+        sub = Instr(row.op, [loop.outputs[j]], [val], row)
+        val.instr, val.index = sub, 0
+        new.append(sub)
+    k = instrs.index(last)
+    instrs[k:k + 1] = new
+    return loop
 
 
 def build_tape(inputs, outputs, updates=(), rewrite=True):
@@ -192,6 +237,7 @@ def build_tape(inputs, outputs, updates=(), rewrite=True):
     instrs = rw.prune(out_vals + upd_vals)
     if rewrite:
         _restrict_scan_grads(instrs, out_vals + upd_vals)
+        instrs = _scan_grads_from_stored(instrs)
 
     # -- slots
     slot_of: dict[int, int] = {}

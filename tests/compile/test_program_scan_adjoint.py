@@ -74,10 +74,13 @@ def test_rnn_gradient_every_tier_and_schedule(tier, checkpoint):
     np.testing.assert_allclose(got[1], fd, rtol=1e-7, atol=1e-9)
     if tier == "program":
         src = f._engine.fast.program.source
-        adjoint = src[src.index("kind == 4"):]
-        last_step = adjoint[adjoint.index(f"if t == {vals[3].shape[0] - 1}:"):]
-        # the adjoint's own products: x_bar, lambda, W_bar, U_bar; the forward product only in the last step
-        assert adjoint.count("np.dot(") - last_step[:last_step.index("for i in range")].count("np.dot(") <= 4
+        adjoint = src[src.index("elif kind == 4:"):]
+        first = adjoint.find(f"if t == {vals[3].shape[0] - 1}:")   # the last step's forward (binomial only)
+        extra = 0 if first < 0 else adjoint[first:adjoint.index("for i in range", first)].count("np.dot(")
+        # the adjoint's own products: lambda, W_bar, U_bar (no recomputed forward product, no x_bar)
+        assert adjoint.count("np.dot(") - extra == 3
+        # checkpoint="all": the states come from the stored trajectory (kind 5), no second forward loop
+        assert ("elif kind == 5:" in src) == (checkpoint == "all")
 
 
 def test_program_skips_values_read_only_for_their_shapes():
@@ -103,3 +106,54 @@ def test_reverse_sweep_computes_only_the_gradients_read(device):
     full = tg.function(xs, tg.grad(loss, xs), device=device)(*vals)
     for a, b in zip(f(*vals), full[:3]):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", ["python", "cpu"])
+@pytest.mark.parametrize("uses", ["last", "trajectory"])
+def test_sweep_reads_the_stored_trajectory(uses, device):
+    """checkpoint="all": the reverse sweep reads the states from the loop's trajectory (no second forward loop);
+    a loop kept for its last step only (traj[-1]) stores the trajectory instead, and the sweep its own copy."""
+    u0, F = tg.dvector("u0"), tg.dscalar("F")
+    traj, _ = tg.scan(lambda u, F: u + 0.1 * (tg.roll(u, 1) * u - u + F), outputs_info=u0, non_sequences=F,
+                      n_steps=9)
+    loss = tg.sum(traj[-1] ** 2) if uses == "last" else tg.sum(tg.sin(traj))
+    f = tg.function([u0, F], [loss, *tg.grad(loss, [u0, F])], device=device)
+    (sg,) = [op for op in f._engine.tape.ops if isinstance(op, ScanGrad)]
+    assert sg.from_stored
+    loops = [ln for ln in str(f._engine.tape).splitlines() if "= scan " in ln]
+    assert len(loops) == 1 and "f64[9," in loops[0]
+    uv = RNG.standard_normal(6)
+
+    def F_np(u, Fv):
+        out = []
+        for _ in range(9):
+            u = u + 0.1 * (np.roll(u, 1) * u - u + Fv)
+            out.append(u)
+        out = np.array(out)
+        return float((out[-1] ** 2).sum() if uses == "last" else np.sin(out).sum())
+
+    val, gu, gF = f(uv, 0.7)
+    assert float(val) == pytest.approx(F_np(uv, 0.7), rel=1e-13)
+    h = 1e-6
+    fd = np.array([(F_np(uv + h * e, 0.7) - F_np(uv - h * e, 0.7)) / (2 * h) for e in np.eye(6)])
+    np.testing.assert_allclose(gu, fd, rtol=1e-7, atol=1e-9)
+    assert float(gF) == pytest.approx((F_np(uv, 0.7 + h) - F_np(uv, 0.7 - h)) / (2 * h), rel=1e-7)
+    # binomial checkpoints keep their own (recomputing) sweep
+    tb, _ = tg.scan(lambda u, F: u * 0.9 + F, outputs_info=u0, non_sequences=F, n_steps=9, checkpoint="binomial")
+    lb = tg.sum(tb[-1] ** 2)
+    fb = tg.function([u0, F], tg.grad(lb, [u0, F]), device=device)
+    assert not [op for op in fb._engine.tape.ops if isinstance(op, ScanGrad)][0].from_stored
+
+
+def test_hessian_of_a_restricted_stored_sweep():
+    """Reverse over reverse through a sweep that is both restricted and stored (a cached variant once returned
+    the unrestricted one: a wrong Hessian)."""
+    x0, a = tg.dvector("x0"), tg.dvector("a")
+    out, _ = tg.scan(lambda h, a: tg.tanh(a * h) + 0.2, outputs_info=x0, non_sequences=a, n_steps=5)
+    cost = tg.sum(out[-1] ** 3)
+    xv, av = RNG.uniform(-1, 1, 4), RNG.uniform(-2, 2, 4)
+    H = tg.function([x0, a], tg.hessian(cost, a), device="python")(xv, av)
+    g = tg.function([x0, a], tg.grad(cost, a), device="python")
+    h = 1e-5
+    fd = np.array([(g(xv, av + h * e) - g(xv, av - h * e)) / (2 * h) for e in np.eye(4)]).T
+    np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-7)
