@@ -83,7 +83,9 @@ class ScanTrajectory(Variable):
 
     Indexing with ``-1`` returns the output of a sibling ``Scan`` node (same
     inputs, every output ``keep_last``), so a graph using only ``traj[-1]``
-    never stores the trajectory (what Aesara's save-memory rewrite does).
+    does not store the trajectory (what Aesara's save-memory rewrite does) --
+    unless a ``checkpoint="all"`` gradient of the loop is on the same tape,
+    which stores every state anyway and then reads them from the trajectory.
     """
 
     def __getitem__(self, index):
