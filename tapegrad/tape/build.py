@@ -94,12 +94,12 @@ def _scan_grads_from_stored(instrs):
             continue
         S, at = op.scan_op, instrs.index(g)
         n_in, nk = 1 + S.n_inner, S.n_state
-        loop = next((f for f in instrs[:at] if f.op is S and len(f.inputs) == n_in
-                     and all(a is b for a, b in zip(f.inputs, g.inputs[:n_in]))), None)
+        full = getattr(S, "full_op", None)
+        loop = next((f for f in instrs[:at] if (f.op is S or (full is not None and f.op is full))
+                     and len(f.inputs) == n_in and all(a is b for a, b in zip(f.inputs, g.inputs[:n_in]))), None)
         if loop is None:
             continue
-        if any(S.keep_last[:nk]):
-            full = getattr(S, "full_op", None)
+        if any(loop.op.keep_last[:nk]):
             if full is None or any(full.keep_last):
                 continue
             loop = _store_trajectories(instrs, loop, full)

@@ -157,3 +157,16 @@ def test_hessian_of_a_restricted_stored_sweep():
     h = 1e-5
     fd = np.array([(g(xv, av + h * e) - g(xv, av - h * e)) / (2 * h) for e in np.eye(4)]).T
     np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_two_sweeps_of_one_loop_both_read_the_stored_trajectory():
+    u0, F = tg.dvector("u0"), tg.dscalar("F")
+    traj, _ = tg.scan(lambda u, F: u * 0.9 + tg.sin(u) * F, outputs_info=u0, non_sequences=F, n_steps=6)
+    c1, c2 = tg.sum(traj[-1] ** 2), tg.sum(tg.exp(traj[-1]))
+    f = tg.function([u0, F], [tg.grad(c1, u0), tg.grad(c2, F)])
+    sweeps = [op for op in f._engine.tape.ops if isinstance(op, ScanGrad)]
+    assert len(sweeps) == 2 and all(op.from_stored for op in sweeps)
+    uv = RNG.standard_normal(3)
+    want = tg.function([u0, F], [tg.grad(c1, u0), tg.grad(c2, F)], device="python")(uv, 0.3)
+    for a, b in zip(f(uv, 0.3), want):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
