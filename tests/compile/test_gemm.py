@@ -85,7 +85,8 @@ def test_the_policy(monkeypatch):
     assert G.use_own(1024, 256, 256, "float64") and G.use_own(128, 128, 128, "float32")
     assert G.use_own(48, 48, 16, "float64") and not G.use_own(48, 48, 8, "float64")  # too little work
     assert not G.use_own(1024, 10, 256, "float64")  # thin: BLAS
-    assert not G.use_own(32, 256, 256, "float64") and not G.use_own(256, 64, 256, "float32")
+    assert not G.use_own(8, 256, 256, "float64") and not G.use_own(256, 32, 256, "float32")   # thin
+    assert G.use_own(64, 32, 32, "float64") and G.use_own(32, 256, 256, "float64")   # a loop body's small squares
     assert not G.use_own(64, 64, 64, "int64")
     monkeypatch.setattr(G, "_DECIDED", None)
     monkeypatch.setenv("TAPEGRAD_GEMM", "auto")
