@@ -489,6 +489,11 @@ class Scan(Op):
                      + [nsT + nkT + (i - ns - nk) for i in range(ns + nk, self.n_inner)])
         info = {"seqs": seq_l, "states": state_l, "nonseqs": non_l, "out_tangent": out_tangent,
                 "tangent_of": tangent_of, "primal_out": primal_out, "primal_in": primal_in}
+        full = getattr(self, "full_op", None)   # the tangent loop of traj[-1]'s loop: its storing twin
+        if full is not None:
+            Tf = full.tangent_scan(key)[0]
+            if Tf is not None and not any(Tf.keep_last):
+                T.full_op = Tf
         self._tangents[key] = (T, info)
         return T, info
 

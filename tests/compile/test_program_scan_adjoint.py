@@ -170,3 +170,22 @@ def test_two_sweeps_of_one_loop_both_read_the_stored_trajectory():
     want = tg.function([u0, F], [tg.grad(c1, u0), tg.grad(c2, F)], device="python")(uv, 0.3)
     for a, b in zip(f(uv, 0.3), want):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", ["python", "cpu"])
+def test_hvp_of_a_last_step_cost_reads_the_stored_tangent_trajectory(device):
+    """HVP = the reverse sweep of the tangent loop; for a cost of traj[-1] that loop keeps its last step only,
+    and becomes its storing twin (Scan.tangent_scan's full_op) so the sweep reads the states."""
+    u0, F = tg.dvector("u0"), tg.dscalar("F")
+    traj, _ = tg.scan(lambda u, F: u + 0.1 * (tg.roll(u, 1) * u - u + F), outputs_info=u0, non_sequences=F,
+                      n_steps=8)
+    cost = tg.sum(traj[-1] ** 2)
+    p = tg.dvector("p")
+    f = tg.function([u0, F, p], tg.hessian_vector_product(cost, u0, p), device=device)
+    (sg,) = [op for op in f._engine.tape.ops if isinstance(op, ScanGrad)]
+    assert sg.from_stored
+    uv, pv = RNG.standard_normal(5), RNG.standard_normal(5)
+    g = tg.function([u0, F], tg.grad(cost, u0), device=device)
+    h = 1e-5
+    np.testing.assert_allclose(f(uv, 0.4, pv), (g(uv + h * pv, 0.4) - g(uv - h * pv, 0.4)) / (2 * h),
+                               rtol=1e-6, atol=1e-8)
