@@ -642,13 +642,16 @@ def _zero_tangent(x):
         return None
 
 
-def _tangent_pass(f_list, wrt_list, points):
+def _tangent_pass(f_list, wrt_list, points, consider_constant=None):
     """The forward (tangent) sweep: ``{id(var): tangent}`` for ``wrt`` and every variable a tangent reaches.
 
     Built-in ops get None for an input without a tangent (zero, and cheaper); user ops (no op code) get
     ``zeros_like(input)`` there instead, as Aesara's ``Rop`` passes them.
     """
-    tangent = {id(w): p for w, p in zip(wrt_list, points)}
+    tangent = {}
+    for w, p in zip(wrt_list, points):   # a wrt listed twice: its first point (as Aesara's Rop)
+        tangent.setdefault(id(w), p)
+    stop = set(map(id, consider_constant or ()))
     order = toposort(f_list, blockers=wrt_list)
     full_of, done = full_loops(order), set()
     for node in order:
@@ -664,6 +667,9 @@ def _tangent_pass(f_list, wrt_list, points):
                     tangent[id(o)] = t if full.op.keep_last[j] else Variable.__getitem__(t, -1)
         elif id(node) not in done:
             _tangent_of_node(node, tangent)
+        for o in node.outputs:   # held constant (hessian_vector_product's consider_constant): no tangent
+            if id(o) in stop:
+                tangent.pop(id(o), None)
     return tangent
 
 
@@ -696,8 +702,13 @@ def _tangent_of_node(node, tangent):
 def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero"):
     """Jacobian-vector product ``sum_j d f / d wrt[j] . eval_points[j]`` by a forward (tangent) pass.
 
-    Built from each op's ``R_op``; the result mirrors ``f``.
+    Built from each op's ``R_op``; the result mirrors ``f``.  A ``wrt`` listed twice takes its first point.
     """
+    return _rop(f, wrt, eval_points, disconnected_outputs, return_disconnected)
+
+
+def _rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="zero", consider_constant=None):
+    """:func:`Rop`; ``consider_constant``: variables whose tangent is zero (``hessian_vector_product``'s)."""
     f_list = _as_list(f)
     wrt_list = _as_list(wrt)
     _check_vars(f_list, "Rop: f")
@@ -710,7 +721,7 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
     points = _check_eval_points(wrt_list, _as_list(eval_points), "Rop")
     if disconnected_outputs not in ("ignore", "warn", "raise"):
         raise ValueError("disconnected_outputs must be 'ignore', 'warn' or 'raise'")
-    tangent = _tangent_pass(f_list, wrt_list, points)
+    tangent = _tangent_pass(f_list, wrt_list, points, consider_constant)
     # Aesara's Rop graph keeps the points it is taken at (``Rop(dot(x, W), W, V)`` is
     # ``dot(zeros_like(x), W) + dot(x, V)``), so ``function([W, V, x], Rop(...))`` does not report ``W`` as
     # unused; here built-in ops give ``dot(x, V)``, and each tangent records its root points instead (read by
@@ -727,7 +738,7 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
             if disconnected_outputs == "raise":
                 raise DisconnectedInputError(message)
             if disconnected_outputs == "warn":
-                warnings.warn(message, UserWarning, stacklevel=2)
+                warnings.warn(message, UserWarning, stacklevel=3)
             mode = str(return_disconnected).lower()
             if mode == "zero":
                 t = _float_zeros_like(out)
@@ -744,7 +755,8 @@ def Rop(f, wrt, eval_points, disconnected_outputs="raise", return_disconnected="
         rval.append(t)
     request = dict(kind="Rop", f=list(f_list), wrt=list(wrt_list), points=points)
     connected = [t if id(out) in tangent else None for out, t in zip(f_list, rval)]
-    _tag_results(connected, request, None, [p for p in points if p is not None], list(f_list) + wrt_list)
+    _tag_results(connected, request, "consider_constant" if consider_constant else None,
+                 [p for p in points if p is not None], list(f_list) + wrt_list)
     return _mirror(f, rval)
 
 
@@ -758,7 +770,9 @@ def hessian_vector_product(cost, wrt, p, consider_constant=None, disconnected_in
     if len(wrt_list) != len(p_list):
         raise ValueError(f"hessian_vector_product: {len(wrt_list)} wrt but {len(p_list)} vectors p")
     g = grad(cost, wrt_list, consider_constant=consider_constant, disconnected_inputs=disconnected_inputs)
-    hv = Rop(g, wrt_list, p_list, disconnected_outputs="ignore", return_disconnected="zero")
+    # consider_constant holds in both passes (as PyTensor): H p of the cost with those variables frozen
+    cc = list(consider_constant or ())
+    hv = _rop(g, wrt_list, p_list, disconnected_outputs="ignore", return_disconnected="zero", consider_constant=cc)
     sweepable = all(isinstance(gi, Variable) and (gi.tag.get("sweep") or {}).get("request") is not None for gi in g)
     request = None
     for h in hv:
@@ -794,6 +808,15 @@ def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise
         return _mirror(wrt, g)
     from tapegrad.ops import concatenate, eye, flatten, reshape, shape
 
+    if not is_float_dtype(expression.dtype):
+        # an integer-valued expression passes no gradient (as grad of an integer cost): zeros, with grad's
+        # handling of disconnected inputs
+        from tapegrad.ops import zeros
+
+        g = grad(expression.sum(), wrt_list, consider_constant=consider_constant,
+                 disconnected_inputs=disconnected_inputs)
+        return _mirror(wrt, [zeros(concatenate([shape(expression), shape(w)]), dtype=gi.dtype)
+                             for w, gi in zip(wrt_list, g)])
     if vectorize:
         from tapegrad.vectorize import jacobian_blocks
 

@@ -814,3 +814,39 @@ def test_kink_conventions_agree_between_lop_and_rop():
     check_all([x, u], [tg.grad(sw.sum(), x), tg.Rop(sw, x, u)], [[-1.0, 0.0, 4.0], np.ones(3)], [[0.0, 0.0, 0.25]] * 2)
     check_all([x, y], tg.grad((tg.int_div(x, y) + tg.mod(x, y)).sum(), [x, y]), [[5.0, -5.0, 7.5], [2.0, 2.0, -2.0]],
               [[1.0, 1.0, 1.0], [-2.0, 3.0, 4.0]])
+
+
+# --------------------------------------------------------------------------- bugs this file's probes found (fixed)
+@pytest.mark.parametrize("route", ["auto", "symbolic"])
+def test_lop_of_an_f_that_another_f_reads_keeps_its_seed_on_every_route(route):
+    x, v1, v2 = tg.dvector("x"), tg.dvector("v1"), tg.dvector("v2")
+    a = x * 2.0
+    b = a * 3.0
+    f = tg.function([x, v1, v2], tg.Lop([a, b], x, [v1, v2]), on_unused_input="ignore", route=route)
+    np.testing.assert_array_equal(f([1.0, 1.0], [1.0, 1.0], [1.0, 1.0]), [2.0, 2.0])   # Aesara: a keeps its seed
+
+
+@pytest.mark.parametrize("route", ["auto", "symbolic"])
+def test_rop_with_a_wrt_listed_twice_takes_its_first_point(route):
+    x, u, w = tg.dvector("x"), tg.dvector("u"), tg.dvector("w")
+    f = tg.function([x, u, w], tg.Rop(x * 3.0, [x, x], [u, w]), on_unused_input="ignore", route=route)
+    np.testing.assert_array_equal(f([1.0], [1.0], [10.0]), [3.0])
+
+
+def test_hvp_holds_consider_constant_in_both_passes():
+    x, p = tg.dvector("x"), tg.dvector("p")
+    h = tg.exp(x)
+    c = (h * x * x).sum()
+    H = tg.function([x, p], tg.dot(tg.hessian(c, x, consider_constant=[h]), p))
+    HV = tg.function([x, p], tg.hessian_vector_product(c, x, p, consider_constant=[h]))
+    xv, pv = np.array([0.5, 1.0]), np.array([1.0, 0.0])
+    np.testing.assert_allclose(HV(xv, pv), [2 * np.exp(0.5), 0.0], rtol=1e-14)     # d2/dx2 (h x^2) with h frozen
+    np.testing.assert_allclose(HV(xv, pv), H(xv, pv), rtol=1e-14)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_jacobian_of_an_integer_expression_is_zeros(vectorize):
+    x = tg.dvector("x")
+    J = tg.jacobian(tg.cast(x * 2, "int64"), x, disconnected_inputs="ignore", vectorize=vectorize)
+    got = tg.function([x], J)(np.array([1.0, 2.0, 3.0]))
+    assert got.shape == (3, 3) and got.dtype == np.float64 and not got.any()

@@ -305,6 +305,15 @@ def _request_problem(req, index, inputs, given):
         d = _derivative_inside(f, inputs)
         if d is not None:
             return f"it differentiates {_label(f)}, which contains a gradient ({_label(d)}): a grad of a grad"
+    if len({id(w) for w in req["wrt"]}) != len(req["wrt"]):
+        return "a wrt variable is listed twice (the symbolic route's rule for that differs from adding the seeds)"
+    if req["kind"] == "Lop" and len(req["f"]) > 1:
+        # Aesara's Lop seeds each f with its point as given (known_grads): an f that another f reads gets its seed,
+        # not the sum of its paths; the sweep would add them
+        fids = {id(f) for f in req["f"]}
+        for f in req["f"]:
+            if any(id(a) in fids for a in ancestors([f]) if a is not f):
+                return f"{_label(f)} reads another f of the Lop (Aesara's known_grads rule: that f keeps its seed)"
     if given:
         used = req["wrt"] if req["kind"] == "Rop" else [req["wrt"][index]]  # a Rop output depends on every wrt
         wrt_ids = {id(w) for w in used}
