@@ -270,20 +270,10 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
         tape = self.tape
         from tapegrad.tape.fuse import shape_only_args
 
-        self.readers = {}
-        self.value_readers = {}  # the readers that need the value, not only the shape (sum_like's reference)
-        self.producer = {}  # slot -> the instruction that makes it
-        for k in range(len(tape)):
-            for s in tape.instr_outs(k):
-                self.producer[int(s)] = k
-            shape_only = shape_only_args(tape, k)
-            for s in tape.instr_args(k):
-                self.readers.setdefault(int(s), []).append(k)
-                if int(s) not in shape_only:
-                    self.value_readers.setdefault(int(s), []).append(k)
         self.pinned = set(int(s) for s in tape.output_slots) | set(int(s) for s in tape.update_slots) | set(self.into)
         # instructions whose values nothing needs: read only for their shapes (the gradient's sum_like
-        # references, e.g. a loop body's forward product in its adjoint once the adjoint reads the new state)
+        # references, e.g. a loop body's forward product in its adjoint once the adjoint reads the new state);
+        # they are not emitted, and their reads do not count
         live, self.dead = set(self.pinned), set()
         for k in range(len(tape) - 1, -1, -1):
             if not any(int(o) in live for o in tape.instr_outs(k)):
@@ -291,6 +281,19 @@ class _Gen(OpTemplates, GroupTemplates, ProductTemplates, LoopTemplates, WindowT
                 continue
             shape_only = shape_only_args(tape, k)
             live.update(int(a) for a in tape.instr_args(k) if int(a) not in shape_only)
+        self.readers = {}
+        self.value_readers = {}  # the readers that need the value, not only the shape (sum_like's reference)
+        self.producer = {}  # slot -> the instruction that makes it
+        for k in range(len(tape)):
+            for s in tape.instr_outs(k):
+                self.producer[int(s)] = k
+            if k in self.dead:
+                continue
+            shape_only = shape_only_args(tape, k)
+            for s in tape.instr_args(k):
+                self.readers.setdefault(int(s), []).append(k)
+                if int(s) not in shape_only:
+                    self.value_readers.setdefault(int(s), []).append(k)
         self._buffer_slot = {}
         names = [name_of(int(c)) for c in tape.codes]
         # a value that a chain's later piece reads is often a same-shape copy (the gradient's sum_like) of a slot

@@ -189,3 +189,17 @@ def test_hvp_of_a_last_step_cost_reads_the_stored_tangent_trajectory(device):
     h = 1e-5
     np.testing.assert_allclose(f(uv, 0.4, pv), (g(uv + h * pv, 0.4) - g(uv - h * pv, 0.4)) / (2 * h),
                                rtol=1e-6, atol=1e-8)
+
+
+def test_skipped_instructions_do_not_make_their_inputs_stored():
+    """The HVP of Rosenbrock does not need the cost's value: its sum is skipped, and the values it read stay
+    in the one fused pass (they were stored to three workspace arrays when the skipped sum still counted as
+    a reader: W2's HVP ran 3x slower)."""
+    x, v = tg.dvector("x"), tg.dvector("v")
+    c = tg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    f = tg.function([x, v], tg.hessian_vector_product(c, x, v), tier="program")
+    xv, vv = RNG.standard_normal(5000), RNG.standard_normal(5000)
+    want = tg.function([x, v], tg.hessian_vector_product(c, x, v), device="python")(xv, vv)
+    np.testing.assert_allclose(f(xv, vv), want, rtol=1e-12, atol=1e-12)
+    src = f._engine.fast.program.source
+    assert "w_float64" not in src and src.count("= huge_empty(") + src.count("= np.empty(") <= 1
