@@ -247,12 +247,16 @@ class LoopTemplates:
         self.emit(f"{I * 3}pass")
         self.emit(f"{I * 2}elif kind == 1:")
         self.emit(f"{I * 3}for t in range(p1, p2):")
-        self.emit(f"{I * 4}pass")
-        for line in step_lines:
-            self.emit(I * 3 + line)
-        for j, loc in enumerate(step_outs):
-            for line in self._copy_into(nxt[j], 0, loc, step_dts[j], dts[inits[j]], I * 4):
-                self.emit(line)
+
+        def emit_step(dst):   # one forward step from ``cur`` into the buffers ``dst`` (inside a block at I * 4)
+            self.emit(f"{I * 4}pass")
+            for line in step_lines:
+                self.emit(I * 3 + line)
+            for j, loc in enumerate(step_outs):
+                for line in self._copy_into(dst[j], 0, loc, step_dts[j], dts[inits[j]], I * 4):
+                    self.emit(line)
+
+        emit_step(nxt)
         if nk:
             self.emit(f"{I * 4}{', '.join(cur)}, {', '.join(nxt)} = {', '.join(nxt)}, {', '.join(cur)}")
         self.emit(f"{I * 2}elif kind == 2:")
@@ -287,12 +291,7 @@ class LoopTemplates:
             self.emit(f"{I * 3}{line}")
         if after:
             self.emit(f"{I * 3}if t == {n - 1}:")
-            self.emit(f"{I * 4}pass")
-            for line in step_lines:
-                self.emit(I * 3 + line)
-            for j, loc in enumerate(step_outs):
-                for line in self._copy_into(after[j], 0, loc, step_dts[j], dts[inits[j]], I * 4):
-                    self.emit(line)
+            emit_step(after)
         for line in adj_lines:
             self.emit(I * 2 + line)
         for j in range(len(after)):
