@@ -16,6 +16,21 @@ from tapegrad.compile.reference import evaluate as ev
 from tapegrad.gradient import Lop, Rop
 
 
+def central_grad(F, vals, h=1e-6):
+    """Central differences of the scalar NumPy function ``F`` at ``vals``: one array per argument."""
+    out = []
+    for k, v in enumerate(vals):
+        g = np.zeros(np.shape(v))
+        for e in range(g.size):
+            p = [np.array(a, dtype=float, copy=True) for a in vals]
+            m = [np.array(a, dtype=float, copy=True) for a in vals]
+            p[k].flat[e] += h
+            m[k].flat[e] -= h
+            g.flat[e] = (F(*p) - F(*m)) / (2 * h)
+        out.append(g)
+    return out
+
+
 def row_inputs(row, dtype, rng=0):
     """Symbolic inputs ``x0, x1, ...`` and values of ``row`` in ``dtype`` (int64 for ``row.int_inputs``).
 

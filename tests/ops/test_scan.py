@@ -10,6 +10,7 @@ import pytest
 import tapegrad as tg
 from tapegrad.gradient import DisconnectedInputError
 from tapegrad.ops.scan import Scan, ScanGrad, ScanTrajectory
+from tests.ops.checks import central_grad
 
 DT = 0.01
 RNG = np.random.default_rng(20260)
@@ -87,17 +88,6 @@ def case_lorenz():
 CASES = {"scalar": case_scalar, "vector_param": case_vector_param, "matrix": case_matrix, "lorenz": case_lorenz}
 
 
-def _fd_grad(f, vals, k, h=1e-6):
-    g = np.zeros(np.shape(vals[k]))
-    for e in range(g.size):
-        p = [np.array(v, dtype=float, copy=True) for v in vals]
-        m = [np.array(v, dtype=float, copy=True) for v in vals]
-        p[k].flat[e] += h
-        m[k].flat[e] -= h
-        g.flat[e] = (f(*p) - f(*m)) / (2 * h)
-    return g
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_values_match_numpy_loop(case):
     xs, out, ref, vals = CASES[case]()
@@ -115,8 +105,8 @@ def test_grad_rop_adjoint(case):
         r = ref(*a)
         return float((r * v).sum() + (r[-1] ** 2).sum())
 
-    for k in range(len(xs)):
-        np.testing.assert_allclose(grads[k], _fd_grad(np_cost, vals, k), rtol=1e-6, atol=1e-7)
+    for g, fd in zip(grads, central_grad(np_cost, vals)):
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-7)
     # Rop vs the finite-difference JVP, and the adjoint identity <v, J u> = <J^T v, u>
     us = [x.type() for x in xs]
     uvals = [RNG.standard_normal(np.shape(a)) for a in vals]
@@ -217,8 +207,9 @@ def test_closure_variables_become_implicit_non_sequences():
         return s
 
     gW, gb = fn([x0, W], g)(xv, Wv)
-    np.testing.assert_allclose(gW, _fd_grad(ref, [Wv, b.get_value()], 0), rtol=1e-7)
-    np.testing.assert_allclose(gb, _fd_grad(ref, [Wv, b.get_value()], 1), rtol=1e-7)
+    fdW, fdb = central_grad(ref, [Wv, b.get_value()])
+    np.testing.assert_allclose(gW, fdW, rtol=1e-7)
+    np.testing.assert_allclose(gb, fdb, rtol=1e-7)
     with pytest.raises(ValueError, match="strict"):
         tg.scan(lambda h: h @ W, outputs_info=x0, n_steps=2, strict=True)
 

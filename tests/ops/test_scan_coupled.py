@@ -14,18 +14,9 @@ import pytest
 
 import tapegrad as tg
 from tapegrad.gradient import seeded_grad
+from tests.ops.checks import central_grad
 
 E = 1e-6
-
-
-def _fd(F, vals, h=E):
-    out = []
-    for k in range(len(vals)):
-        p, m = list(vals), list(vals)
-        p[k] += h
-        m[k] -= h
-        out.append((F(*p) - F(*m)) / (2 * h))
-    return out
 
 
 def _pair_loss(a, b, which):
@@ -46,7 +37,7 @@ def test_state_returned_unchanged(which, device):
     f = tg.function([a0, b0], [loss, *tg.grad(loss, [a0, b0])], device=device)
     val, ga, gb = (float(r) for r in f(0.3, 0.7))
     assert val == pytest.approx(_pair_loss(0.3, 0.7, which), rel=1e-13)
-    want = _fd(lambda a, b: _pair_loss(a, b, which), [0.3, 0.7])
+    want = central_grad(lambda a, b: _pair_loss(a, b, which), [0.3, 0.7], E)
     np.testing.assert_allclose([ga, gb], want, rtol=1e-7)
 
 
@@ -74,7 +65,7 @@ def test_output_read_by_another_output(device, checkpoint):
     f = tg.function([s0, w], [loss, *g], device=device)
     val, gs, gw = (float(r) for r in f(0.3, 1.3))
     assert val == pytest.approx(_rnn_loss(0.3, 1.3), rel=1e-13)
-    np.testing.assert_allclose([gs, gw], _fd(_rnn_loss, [0.3, 1.3]), rtol=1e-7)
+    np.testing.assert_allclose([gs, gw], central_grad(_rnn_loss, [0.3, 1.3], E), rtol=1e-7)
     # forward-over-reverse through the same body: the HVP against differences of the gradient
     ps, pw = tg.dscalar("ps"), tg.dscalar("pw")
     hv = tg.function([s0, w, ps, pw], tg.hessian_vector_product(loss, [s0, w], [ps, pw]), device=device)

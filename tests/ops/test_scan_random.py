@@ -29,6 +29,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import tapegrad as tg  # noqa: E402
+from tests.ops.checks import central_grad  # noqa: E402
 
 DEVICES = ("python", "cpu")
 H = 1e-6  # central-difference step of the NumPy reference
@@ -353,20 +354,6 @@ def _np_loss(case, W):
     return lambda *flat: float(case.loss(case.reference(*flat), W))
 
 
-def _fd_grad(F, vals, h=H):
-    out = []
-    for k, v in enumerate(vals):
-        g = np.zeros(np.shape(v))
-        for e in range(g.size):
-            p = [np.array(a, dtype=float, copy=True) for a in vals]
-            m = [np.array(a, dtype=float, copy=True) for a in vals]
-            p[k].flat[e] += h
-            m[k].flat[e] -= h
-            g.flat[e] = (F(*p) - F(*m)) / (2 * h)
-        out.append(g)
-    return out
-
-
 def _close(got, want, rtol, atol, what):
     assert len(got) == len(want), what
     for k, (g, w) in enumerate(zip(got, want)):
@@ -393,7 +380,7 @@ def test_values_and_gradient_match_numpy_loop(case):
     want = case.reference(*vals)
     F = _np_loss(case, W)
     want_loss = F(*vals)
-    want_grad = _fd_grad(F, vals)
+    want_grad = central_grad(F, vals)
     grads = tg.grad(loss, xs, disconnected_inputs="ignore")
     for device in DEVICES:
         got = _fn(xs, [*outs, loss, *grads], device)(*vals)
@@ -462,7 +449,7 @@ def test_binomial_checkpoint_gives_the_gradient_of_all(case, snapshots):
     vals = case.values()
     xs, outs, W, loss = _setup(case)
     want = _fn(xs, tg.grad(loss, xs, disconnected_inputs="ignore"), "python")(*vals)
-    _close(want, _fd_grad(_np_loss(case, W), vals), 1e-6, 1e-8 * max(1.0, abs(_np_loss(case, W)(*vals))),
+    _close(want, central_grad(_np_loss(case, W), vals), 1e-6, 1e-8 * max(1.0, abs(_np_loss(case, W)(*vals))),
            f"grad\n{case!r}")
     xs, outs, W, loss = _setup(case, checkpoint="binomial", snapshots=snapshots)
     grads = tg.grad(loss, xs, disconnected_inputs="ignore")
@@ -490,7 +477,7 @@ def test_fixed_rnn_with_intermediate_output(device):
     got = _fn(xs, [loss, *tg.grad(loss, xs)], device)(*vals)
     F = _np_loss(case, W)
     assert float(got[0]) == pytest.approx(F(*vals), rel=1e-13)
-    _close(got[1:], _fd_grad(F, vals), 1e-7, 1e-10, "grad")
+    _close(got[1:], central_grad(F, vals), 1e-7, 1e-10, "grad")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -509,4 +496,4 @@ def test_fixed_state_passed_through(device):
     _close(got[:3], want, 1e-13, 1e-14, "values")
     F = _np_loss(case, W)
     assert float(got[3]) == pytest.approx(F(*vals), rel=1e-13)
-    _close(got[4:], _fd_grad(F, vals), 1e-7, 1e-10, "grad")
+    _close(got[4:], central_grad(F, vals), 1e-7, 1e-10, "grad")

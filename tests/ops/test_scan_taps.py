@@ -12,22 +12,9 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tests.ops.checks import central_grad
 
 RNG = np.random.default_rng(7)
-
-
-def _fd(F, vals, h=1e-6):
-    out = []
-    for k in range(len(vals)):
-        g = np.zeros(np.shape(vals[k]))
-        for e in range(g.size):
-            p = [np.array(v, dtype=float, copy=True) for v in vals]
-            m = [np.array(v, dtype=float, copy=True) for v in vals]
-            p[k].flat[e] += h
-            m[k].flat[e] -= h
-            g.flat[e] = (F(*p) - F(*m)) / (2 * h)
-        out.append(g)
-    return out
 
 
 # --------------------------------------------------------------------------- cases: graph, NumPy reference, values
@@ -123,7 +110,7 @@ def test_values_and_gradient(case, device):
         r = ref(*a)
         return float((r * w).sum() + (r[-1] ** 2).sum())
 
-    for g, want in zip(grads, _fd(np_cost, vals)):
+    for g, want in zip(grads, central_grad(np_cost, vals)):
         np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-8)
 
 
