@@ -81,5 +81,15 @@ def pytest_sessionfinish(session, exitstatus):
         mod.stop_early()
 
 
+@pytest.fixture
+def no_background_compiles():
+    """For tests that record warnings: wait for the background compiles earlier tests queued (numba enters
+    ``warnings.catch_warnings`` while compiling; one that straddles the test's own block swaps the warning
+    filters and recorder back under it, and the expected warning goes to stderr instead)."""
+    from tapegrad.compile.fused import wait_background
+
+    wait_background()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running tests (deselect with -m 'not slow')")

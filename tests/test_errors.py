@@ -189,6 +189,7 @@ def test_grad_wrt_a_non_variable_is_a_type_error(wrt):
     assert "wrt" in str(e.value) and "Variable" in str(e.value)
 
 
+@pytest.mark.usefixtures("no_background_compiles")
 def test_grad_wrt_a_constant_follows_aesara():
     # Aesara's grad treats a Constant like any other variable: used in the cost it is connected
     # and gets its gradient; not used it is disconnected (DisconnectedInputError, or zeros).
@@ -292,6 +293,7 @@ def test_disconnected_type_reaching_function_raises():
         fn([x], d, on_unused_input="ignore")
 
 
+@pytest.mark.usefixtures("no_background_compiles")
 def test_on_unused_input_raise_warn_ignore():
     x, spare = tg.vector("x"), tg.vector("spare")
     with pytest.raises(ValueError) as e:

@@ -46,6 +46,7 @@ def test_disconnected_raise():
     assert issubclass(DisconnectedInputError, ValueError)
 
 
+@pytest.mark.usefixtures("no_background_compiles")
 def test_disconnected_warn_gives_zero_and_warns():
     x, y = tg.vector("x"), tg.vector("y")
     with pytest.warns(UserWarning, match="not part of the computational graph"):

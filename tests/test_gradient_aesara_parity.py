@@ -184,6 +184,7 @@ def test_hessian_of_a_vector_cost_is_a_value_error():
 
 
 # --------------------------------------------------------------------------- 7. consider_constant is deprecated
+@pytest.mark.usefixtures("no_background_compiles")
 def test_consider_constant_warns_deprecation():
     x = tg.scalar("x")
     with pytest.warns(DeprecationWarning, match="zero_grad"):

@@ -257,6 +257,7 @@ def test_result_mirrors_wrt():
     assert type(tg.hessian((e ** 2).sum(), (x, y))) is tuple
 
 
+@pytest.mark.usefixtures("no_background_compiles")
 def test_disconnected_inputs():
     x, y = tg.vector("x"), tg.vector("y")
     with pytest.raises(DisconnectedInputError):

@@ -257,6 +257,17 @@ def _executor():
     return _EXECUTOR
 
 
+def wait_background(timeout=None):
+    """Block until every compile queued on the background thread so far has finished (a no-op queued behind
+    them is waited for).  Numba's compiler enters ``warnings.catch_warnings``, which is process-wide before
+    Python 3.14: a compile running across a caller's own ``catch_warnings`` block can restore the warning
+    filters and ``showwarning`` under it, so code that records warnings waits here first."""
+    with _LOCK:
+        ex = _EXECUTOR
+    if ex is not None:
+        ex.submit(lambda: None).result(timeout)
+
+
 def _write_module(path, src):
     """Write ``src`` to ``path`` unless it already holds exactly that (numba's cache keys on the file's
     mtime: rewriting an unchanged file would throw the machine code away)."""

@@ -463,6 +463,7 @@ def test_map_rows_runs_its_inner_graph_on_the_cpu_engine():
     assert cpu._last_plan.kinds[k] == "step"
 
 
+@pytest.mark.usefixtures("no_background_compiles")
 def test_user_op_warns_once_per_class():
     import warnings
 

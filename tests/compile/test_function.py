@@ -142,6 +142,7 @@ def test_keyword_arguments():
         f([1.0], z=[1.0])
 
 
+@pytest.mark.usefixtures("no_background_compiles")
 def test_on_unused_input():
     x, y = vector("x"), vector("y")
     with pytest.raises(ValueError, match=r"input 1 \(y\) is not used"):
