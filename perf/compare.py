@@ -699,6 +699,61 @@ def table_lines(records):
     return lines
 
 
+def _med(records, bench, system):
+    r = next((r for r in records if r["bench"] == bench and r["system"] == system and r.get("median_s")
+              and r.get("ok", True)), None)
+    return None if r is None else r["median_s"]
+
+
+def done_when_lines(result):
+    """The "Done when" list of issue 3 (the CPU engine), each line judged from this run's records: the
+    tapegrad row (the default tier policy) against the named peer, or against a limit in seconds."""
+    recs = result["records"]
+    tg = "tapegrad"
+    out = ["issue 3 'Done when', from this run (tapegrad = the default tier policy):"]
+
+    def ratio_line(label, bench, other_bench, other_system, limit, strict=False):
+        a, b = _med(recs, bench, tg), _med(recs, other_bench, other_system)
+        if a is None or b is None:
+            out.append(f"  [n/a ] {label}: not measured in this run")
+            return
+        r = a / b
+        ok = r < limit if strict else r <= limit
+        out.append(f"  [{'met ' if ok else 'MISS'}] {label}: {fmt_t(a)} / {fmt_t(b)} = {r:.2f}x "
+                   f"({'<' if strict else '<='} {limit:g}x)")
+
+    ratio_line("W3 per call vs PyTensor-C", "w3_small", "w3_small", "pytensor-c", 1.0)
+    ratio_line("W3 per call vs JAX jit", "w3_small", "w3_small", "jax", 1.0, strict=True)
+    ratio_line("W2 value+grad vs JAX", "w2_rosen_grad", "w2_rosen_grad", "jax", 0.5)
+    ratio_line("W2 HVP vs JAX", "w2_rosen_hvp", "w2_rosen_hvp", "jax", 1.0)
+    ratio_line("W2 HVP vs tapegrad's own W2 grad", "w2_rosen_hvp", "w2_rosen_grad", tg, 1.5)
+    ratio_line("W1 vs JAX", "w1_mlp", "w1_mlp", "jax", 1.0)
+    w4 = next((r for r in recs if r["bench"] == "w4_l96_unrolled" and r["system"] == tg), None)
+    if w4 is not None and w4.get("first_call_s") is not None:
+        t = w4["first_call_s"]
+        out.append(f"  [{'met ' if t <= 2.0 else 'MISS'}] W4 unrolled graph + grad + function + first call: "
+                   f"{fmt_t(t)} (<= 2 s)")
+    else:
+        out.append("  [n/a ] W4 unrolled graph + grad + function + first call: not measured in this run")
+    ratio_line("W4 unrolled steady vs the NumPy adjoint", "w4_l96_unrolled", "w4_l96_unrolled", "numpy", 0.1)
+    ratio_line("W5 vs PyTensor-Numba", "w5_jac", "w5_jac", "pytensor-numba", 1.0)
+    firsts = [(r["bench"], r["first_run_s"]) for r in recs
+              if r["system"] == tg and r.get("first_run_s") is not None]
+    if firsts:
+        worst = max(firsts, key=lambda bt: bt[1])
+        out.append(f"  [{'met ' if worst[1] <= 0.3 else 'MISS'}] first call, warm engine cache (call only): "
+                   f"slowest {worst[0]} {fmt_t(worst[1])} of {len(firsts)} workloads (<= 0.3 s)")
+    cold = next((p for p in result.get("probes", []) if p.get("label") == "cold cache" and p.get("status") == "ok"),
+                None)
+    if cold is not None:
+        t = cold["first_call_s"]
+        out.append(f"  [{'met ' if t <= 60 else 'MISS'}] cold engine compile (first call, empty cache): "
+                   f"{fmt_t(t)} (goal <= 60 s)")
+    else:
+        out.append("  [n/a ] cold engine compile: not in this run (--fresh-cache measures it)")
+    return out
+
+
 def probe_lines(probes):
     out = []
     for p in probes:
@@ -873,7 +928,8 @@ def drive(args):
     result["total_wall_s"] = time.perf_counter() - t_all
     annotate(result["records"])
     save()
-    lines = probe_lines(result["probes"]) + [""] + table_lines(result["records"]) + ["", blas_line(env["blas"])]
+    lines = (probe_lines(result["probes"]) + [""] + table_lines(result["records"]) + ["", blas_line(env["blas"])]
+             + [""] + done_when_lines(result))
     print("\n" + "\n".join(lines))
     png = plot(result, out.with_suffix(".png"))
     print(f"\n# wrote {out}" + (f" and {png}" if png else ""))
@@ -886,7 +942,7 @@ def show(path):
     annotate(result["records"])
     blas = result.get("env", {}).get("blas")
     print("\n".join(probe_lines(result.get("probes", [])) + [""] + table_lines(result["records"])
-                    + (["", blas_line(blas)] if blas else [])))
+                    + (["", blas_line(blas)] if blas else []) + [""] + done_when_lines(result)))
 
 
 def main():

@@ -15,7 +15,7 @@ from tapegrad.compile._generated_kernels import (_J, _ew_1_0_0, _ew_1_0_3, _ew_1
                                                  _ew_3_300_0, _ew_3_311_1, _ew_3_322_2, _ew_3_333_3)
 from tapegrad.compile.kernels.core import (BLOCK, H_CODES, H_ICD, H_IGRP, arg_slot, copy_convert, gather, is_direct,
                                            out_slot, s_off, s_size, sum_like)
-# kernels fingerprint: e38d6dc6638ec7ff
+# kernels fingerprint: a3c679509287c83d
 
 
 @njit(cache=True, **_J)

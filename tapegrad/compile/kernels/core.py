@@ -195,7 +195,8 @@ def copy_convert(meta, k, AO, A0, A1, A2, A3):
     s = arg_slot(meta, k, 0)
     n = s_size(meta, o)
     oo = s_off(meta, o)
-    gather(meta, s, o, 0, n, AO[oo:oo + n], A0, A1, A2, A3)
+    # b0 as a typed zero: a literal 0 would compile a second gather (and 16 more _gather_loop) for the engine
+    gather(meta, s, o, np.int64(0), n, AO[oo:oo + n], A0, A1, A2, A3)
 
 
 # --------------------------------------------------------------------------- sums
