@@ -73,7 +73,6 @@ import inspect
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
