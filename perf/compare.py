@@ -698,9 +698,14 @@ def table_lines(records):
     return lines
 
 
+def _rec(records, bench, system, key):
+    """The record of ``system`` on ``bench`` that has ``key`` (and correct outputs), or None."""
+    return next((r for r in records if r["bench"] == bench and r["system"] == system
+                 and r.get(key) and r.get("ok", True)), None)
+
+
 def _med(records, bench, system):
-    r = next((r for r in records if r["bench"] == bench and r["system"] == system and r.get("median_s")
-              and r.get("ok", True)), None)
+    r = _rec(records, bench, system, "median_s")
     return None if r is None else r["median_s"]
 
 
@@ -727,8 +732,8 @@ def done_when_lines(result):
     ratio_line("W2 HVP vs JAX", "w2_rosen_hvp", "w2_rosen_hvp", "jax", 1.0)
     ratio_line("W2 HVP vs tapegrad's own W2 grad", "w2_rosen_hvp", "w2_rosen_grad", tg, 1.5)
     ratio_line("W1 vs JAX", "w1_mlp", "w1_mlp", "jax", 1.0)
-    w4 = next((r for r in recs if r["bench"] == "w4_l96_unrolled" and r["system"] == tg), None)
-    if w4 is not None and w4.get("first_call_s") is not None:
+    w4 = _rec(recs, "w4_l96_unrolled", tg, "first_call_s")
+    if w4 is not None:
         t = w4["first_call_s"]
         out.append(f"  [{'met ' if t <= 2.0 else 'MISS'}] W4 unrolled graph + grad + function + first call: "
                    f"{fmt_t(t)} (<= 2 s)")
